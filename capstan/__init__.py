@@ -1,0 +1,1 @@
+"""Capstan: a Kubernetes operator that records and feeds real-time rooms."""

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Builds the stack's Go programs once into a cache outside the repository and reuses them.
+# Cache: ${CAPSTAN_CACHE:-$HOME/.cache/capstan}/bin/<name>-<version>
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+cache=${CAPSTAN_CACHE:-$HOME/.cache/capstan}
+bin=$cache/bin
+work=$cache/build
+mkdir -p "$bin" "$work"
+export GOFLAGS=-buildvcs=false CGO_ENABLED=0
+export GOTOOLCHAIN=local
+
+log() { printf '[devstack build] %s\n' "$*" >&2; }
+
+# wrapper_build NAME VERSION MAIN_GO REQUIRE_LINES REPLACE_LINES
+wrapper_build() {
+  local name=$1 version=$2 main_go=$3 requires=$4 replaces=$5
+  local out=$bin/$name-$version
+  [ -x "$out" ] && return 0
+  log "building $name $version (first run only; several minutes on 2 cores)"
+  local dir=$work/$name-$version
+  mkdir -p "$dir"
+  printf '%s\n' "$main_go" >"$dir/main.go"
+  cat >"$dir/go.mod" <<MOD
+module capstan.dev/devstack/$name
+
+go 1.24
+
+require (
+$requires
+)
+
+$replaces
+MOD
+  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags='-s -w' -o "$out.tmp" . && mv "$out.tmp" "$out")
+  log "built $out"
+}
+
+build_etcd() {
+  wrapper_build etcd "$ETCD_VERSION" 'package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }' "	go.etcd.io/etcd/server/v3 $ETCD_VERSION" ""
+}
+
+build_kube_apiserver() {
+  local minor=${KUBERNETES_VERSION#v1.}
+  local staging_version=v0.$minor
+  local replaces="replace (" mod
+  for mod in api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider \
+      cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api \
+      cri-client csi-translation-lib dynamic-resource-allocation endpointslice externaljwt kms \
+      kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics \
+      mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller \
+      streaming; do
+    replaces+=$'\n'"	k8s.io/$mod => k8s.io/$mod $staging_version"
+  done
+  replaces+=$'\n'")"
+  wrapper_build kube-apiserver "$KUBERNETES_VERSION" 'package main
+
+import (
+	"os"
+
+	"k8s.io/component-base/cli"
+	"k8s.io/kubernetes/cmd/kube-apiserver/app"
+)
+
+func main() { os.Exit(cli.Run(app.NewAPIServerCommand())) }' "	k8s.io/kubernetes $KUBERNETES_VERSION" "$replaces"
+}
+
+go_install() {
+  local name=$1 pkg=$2 version=$3
+  local out=$bin/$name-$version
+  [ -x "$out" ] && return 0
+  log "building $name $version (first run only; several minutes on 2 cores)"
+  local gobin=$work/gobin-$name-$version
+  GOBIN=$gobin go install -trimpath -ldflags='-s -w' "$pkg@$version"
+  mv "$gobin/$(basename "$pkg")" "$out"
+  log "built $out"
+}
+
+build_minio() { go_install minio github.com/minio/minio "$MINIO_VERSION"; }
+# livekit-server's go.mod has replace directives, so `go install pkg@v` refuses it: build from a
+# copy of the module source that the Go module proxy serves.
+build_livekit() {
+  local out=$bin/livekit-server-$LIVEKIT_VERSION
+  [ -x "$out" ] && return 0
+  log "building livekit-server $LIVEKIT_VERSION (first run only; several minutes on 2 cores)"
+  local src
+  src=$(go mod download -json "github.com/livekit/livekit-server@$LIVEKIT_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  local dir=$work/livekit-server-$LIVEKIT_VERSION
+  rm -rf "$dir" && cp -r "$src" "$dir" && chmod -R u+w "$dir"
+  (cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" ./cmd/server && mv "$out.tmp" "$out")
+  log "built $out"
+}
+
+targets=${*:-etcd kube_apiserver minio livekit}
+for t in $targets; do "build_$t"; done
