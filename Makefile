@@ -1,0 +1,48 @@
+# The developer interface. `make test` and `make demo` work on a fresh machine of this kind:
+# they install what they need (Debian packages, the virtualenv, the Go-built stack) first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+VENV_STAMP := .venv/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: test demo stack-up stack-down stack-env crds bench lint system-deps venv unit
+
+system-deps:
+	@bash devstack/install-system-deps.sh
+
+$(VENV_STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv .venv
+	@$(PY) -m pip install -q --upgrade pip
+	@$(PY) -m pip install -q -e '.[dev]'
+	@rm -f .venv/.installed-* && touch $(VENV_STAMP)
+
+venv: $(VENV_STAMP)
+
+stack-up: system-deps venv
+	@$(PY) -m devstack.stack up
+
+stack-down: venv
+	@$(PY) -m devstack.stack down
+
+stack-env: venv
+	@$(PY) -m devstack.stack env
+
+crds: venv
+	@$(PY) -m capstan.api.crdgen crds
+
+lint: venv
+	@$(PY) -m ruff check capstan devstack tests bench
+	@$(PY) -m mypy
+
+unit: venv
+	@$(PY) -m pytest -m 'not stack' -q
+
+# The whole suite against the real local stack (built on first run, reused after).
+test: stack-up
+	@$(PY) -m ruff check capstan devstack tests bench
+	@$(PY) -m pytest -q
+
+demo: stack-up
+	@$(PY) -m devstack.demo
+
+bench: stack-up
+	@$(PY) -m bench

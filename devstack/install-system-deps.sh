@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the stack, the workers and the tests use; a no-op when all are there.
+set -euo pipefail
+packages=(ffmpeg redis-server openssl iproute2 sox)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "[devstack] installing Debian packages: ${missing[*]}" >&2
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
