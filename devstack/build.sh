@@ -87,6 +87,10 @@ go_install() {
 }
 
 build_minio() { go_install minio github.com/minio/minio "$MINIO_VERSION"; }
+# NOT BUILT BY DEFAULT: the Go module proxy refuses some of livekit-server's dependencies
+# (github.com/livekit/psrpc, github.com/livekit/mediatransportutil, and pseudo-versions of
+# github.com/livekit/protocol answer 403 "This module version is not available"), so the build
+# fails on this machine. Kept for a machine that can fetch them: `devstack/build.sh livekit`.
 # livekit-server's go.mod has replace directives, so `go install pkg@v` refuses it: build from a
 # copy of the module source that the Go module proxy serves.
 build_livekit() {
@@ -101,5 +105,6 @@ build_livekit() {
   log "built $out"
 }
 
-targets=${*:-etcd kube_apiserver minio livekit}
+# livekit is left out of the default targets (see build_livekit).
+targets=${*:-etcd kube_apiserver minio}
 for t in $targets; do "build_$t"; done
