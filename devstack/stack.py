@@ -1,0 +1,770 @@
+"""The local real stack (DESIGN §9): etcd, kube-apiserver, MinIO and Redis as local processes.
+
+No container engine is needed. Everything listens on 127.0.0.1 only. State (certificates,
+data, logs, pid files, the admin kubeconfig) lives in ``$CAPSTAN_STACK_DIR`` (default
+``~/.cache/capstan/stack``), outside the repository; binaries come from ``devstack/build.sh``.
+
+CLI::
+
+    python -m devstack.stack up      # start what is not running (idempotent), print what it did
+    python -m devstack.stack env     # export NAME=value lines for a shell (eval "$(...)")
+    python -m devstack.stack status  # what runs
+    python -m devstack.stack down    # stop everything, keep the state and the build cache
+
+Python::
+
+    from devstack.stack import ensure_up
+    env = ensure_up()          # StackEnv; env.env() is a dict of environment variables
+
+This module uses only the standard library (plus the ``openssl`` and ``redis-server`` programs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOOPBACK = "127.0.0.1"
+
+# Fixed dev credentials for MinIO (loopback only).
+S3_ACCESS_KEY = "capstan"
+S3_SECRET_KEY = "capstan-secret"
+
+# Default ports, each overridable by the environment variable named next to it.
+DEFAULT_PORTS = {
+    "etcd": ("CAPSTAN_ETCD_PORT", 42379),
+    "etcd_peer": ("CAPSTAN_ETCD_PEER_PORT", 42380),
+    "apiserver": ("CAPSTAN_APISERVER_PORT", 46443),
+    "minio": ("CAPSTAN_MINIO_PORT", 49000),
+    "minio_console": ("CAPSTAN_MINIO_CONSOLE_PORT", 49001),
+    "redis": ("CAPSTAN_REDIS_PORT", 46379),
+}
+
+SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
+API_AUDIENCES = "https://kubernetes.default.svc"
+
+# Timeouts (seconds).
+PROBE_TIMEOUT = 3.0
+START_TIMEOUTS = {"etcd": 60.0, "kube-apiserver": 180.0, "minio": 90.0, "redis": 20.0}
+STOP_TIMEOUT = 15.0
+BUILD_TIMEOUT = 3 * 3600.0
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or probed."""
+
+
+def log(msg: str) -> None:
+    print(f"[devstack] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+
+
+def state_dir() -> Path:
+    return Path(os.environ.get("CAPSTAN_STACK_DIR") or Path.home() / ".cache" / "capstan" / "stack")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CAPSTAN_CACHE") or Path.home() / ".cache" / "capstan")
+
+
+def port(name: str) -> int:
+    var, default = DEFAULT_PORTS[name]
+    value = os.environ.get(var)
+    return int(value) if value else default
+
+
+def versions() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in (HERE / "versions.env").read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            out[key.strip()] = value.strip().strip("'\"")
+    return out
+
+
+def binaries() -> dict[str, Path]:
+    v = versions()
+    bin_dir = cache_dir() / "bin"
+    return {
+        "etcd": bin_dir / f"etcd-{v['ETCD_VERSION']}",
+        "kube-apiserver": bin_dir / f"kube-apiserver-{v['KUBERNETES_VERSION']}",
+        "minio": bin_dir / f"minio-{v['MINIO_VERSION']}",
+    }
+
+
+class Paths:
+    """Files inside the state directory."""
+
+    def __init__(self, root: Path | None = None):
+        self.root = root or state_dir()
+        self.pki = self.root / "pki"
+        self.logs = self.root / "logs"
+        self.run = self.root / "run"
+        self.etcd_data = self.root / "etcd"
+        self.minio_data = self.root / "minio"
+        self.redis_dir = self.root / "redis"
+        self.kubeconfig = self.root / "kubeconfig"
+        self.lock = self.root / "lock"
+
+    def pki_file(self, name: str) -> Path:
+        return self.pki / name
+
+    def log_file(self, component: str) -> Path:
+        return self.logs / f"{component}.log"
+
+    def pid_file(self, component: str) -> Path:
+        return self.run / f"{component}.pid"
+
+    def mkdirs(self) -> None:
+        for d in (self.root, self.pki, self.logs, self.run, self.etcd_data, self.minio_data, self.redis_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.etcd_data, 0o700)  # etcd insists on it
+
+
+# --------------------------------------------------------------------------------------------
+# the environment tests and the demo use
+
+
+@dataclasses.dataclass
+class StackEnv:
+    kubeconfig: str
+    s3_endpoint: str  # host:port
+    s3_access_key: str
+    s3_secret_key: str
+    s3_secure: bool
+    redis_url: str
+    apiserver_url: str
+    ca_file: str
+    state_dir: str
+    livekit_url: str | None = None
+    livekit_api_key: str | None = None
+    livekit_api_secret: str | None = None
+    # what the `up` call that produced this did (empty when the value was only computed)
+    started: list[str] = dataclasses.field(default_factory=list, compare=False)
+    reused: list[str] = dataclasses.field(default_factory=list, compare=False)
+
+    def env(self) -> dict[str, str]:
+        out = {
+            "KUBECONFIG": self.kubeconfig,
+            "S3_ENDPOINT": self.s3_endpoint,
+            "S3_ACCESS_KEY": self.s3_access_key,
+            "S3_SECRET_KEY": self.s3_secret_key,
+            "S3_SECURE": "1" if self.s3_secure else "0",
+            "REDIS_URL": self.redis_url,
+        }
+        if self.livekit_url:
+            out["LIVEKIT_URL"] = self.livekit_url
+            out["LIVEKIT_API_KEY"] = self.livekit_api_key or ""
+            out["LIVEKIT_API_SECRET"] = self.livekit_api_secret or ""
+        return out
+
+
+def stack_env(paths: Paths | None = None) -> StackEnv:
+    """The values for the configured stack (computed; does not check that it runs)."""
+    paths = paths or Paths()
+    # No LiveKit server is part of the stack (it cannot be built here, see devstack/README.md);
+    # an externally run one can be passed through with CAPSTAN_LIVEKIT_URL/_API_KEY/_API_SECRET.
+    return StackEnv(
+        kubeconfig=str(paths.kubeconfig),
+        s3_endpoint=f"{LOOPBACK}:{port('minio')}",
+        s3_access_key=S3_ACCESS_KEY,
+        s3_secret_key=S3_SECRET_KEY,
+        s3_secure=False,
+        redis_url=f"redis://{LOOPBACK}:{port('redis')}/0",
+        apiserver_url=f"https://{LOOPBACK}:{port('apiserver')}",
+        ca_file=str(paths.pki_file("ca.crt")),
+        state_dir=str(paths.root),
+        livekit_url=os.environ.get("CAPSTAN_LIVEKIT_URL") or None,
+        livekit_api_key=os.environ.get("CAPSTAN_LIVEKIT_API_KEY") or None,
+        livekit_api_secret=os.environ.get("CAPSTAN_LIVEKIT_API_SECRET") or None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# building
+
+
+def build(timeout: float = BUILD_TIMEOUT) -> None:
+    """Run devstack/build.sh (a no-op when the binaries exist), with progress lines."""
+    missing = [name for name, path in binaries().items() if not os.access(path, os.X_OK)]
+    if missing:
+        log(f"building {', '.join(missing)} into {cache_dir() / 'bin'} (first run only; can take 10-20 min)")
+    started = time.monotonic()
+    proc = subprocess.Popen(["bash", str(HERE / "build.sh")], stdin=subprocess.DEVNULL)
+    last_note = started
+    while True:
+        try:
+            rc = proc.wait(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            now = time.monotonic()
+            if now - started > timeout:
+                proc.kill()
+                proc.wait(timeout=10)
+                raise StackError(f"build.sh did not finish within {timeout:.0f} s") from None
+            if now - last_note >= 30:
+                log(f"still building ({(now - started) / 60:.1f} min so far)")
+                last_note = now
+    if rc != 0:
+        raise StackError(f"devstack/build.sh failed with exit code {rc}")
+    if missing:
+        log(f"build finished in {(time.monotonic() - started) / 60:.1f} min")
+    still = [name for name, path in binaries().items() if not os.access(path, os.X_OK)]
+    if still:
+        raise StackError(f"build.sh finished but these binaries are missing: {', '.join(still)}")
+
+
+# --------------------------------------------------------------------------------------------
+# certificates (openssl)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    res = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    if res.returncode != 0:
+        raise StackError(f"openssl {' '.join(args)} failed:\n{res.stderr}")
+
+
+PKI_FILES = (
+    "ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "admin.crt", "admin.key", "sa.key", "sa.pub",
+)
+
+
+def ensure_pki(paths: Paths) -> bool:
+    """Create the CA, serving cert, admin client cert and service-account keys once.
+
+    Returns True when they were created now.
+    """
+    if all(paths.pki_file(f).exists() for f in PKI_FILES):
+        return False
+    paths.root.mkdir(parents=True, exist_ok=True)
+    d = Path(tempfile.mkdtemp(dir=paths.root, prefix=".pki-"))
+    try:
+        days = "3650"
+        _openssl("genrsa", "-out", "ca.key", "2048", cwd=d)
+        _openssl(
+            "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", days,
+            "-subj", "/CN=capstan-devstack-ca",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-out", "ca.crt", cwd=d,
+        )
+        leafs = {
+            "apiserver": (
+                "/CN=kube-apiserver",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,"
+                "DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n",
+            ),
+            "admin": ("/O=system:masters/CN=admin", "extendedKeyUsage=clientAuth\n"),
+        }
+        for i, (name, (subj, ext)) in enumerate(leafs.items(), start=1):
+            (d / f"{name}.ext").write_text(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n" + ext
+            )
+            _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=d)
+            _openssl("req", "-new", "-key", f"{name}.key", "-subj", subj, "-out", f"{name}.csr", cwd=d)
+            _openssl(
+                "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-set_serial", str(1000 + i), "-sha256", "-days", days,
+                "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d,
+            )
+        _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
+        _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+        for f in d.iterdir():
+            os.chmod(f, 0o600)
+        for f in list(d.iterdir()):
+            if f.suffix in (".csr", ".ext", ".srl"):
+                f.unlink()
+        if paths.pki.exists():  # partial: replace it as a whole
+            shutil.rmtree(paths.pki)
+        d.rename(paths.pki)
+    finally:
+        if d.exists():
+            shutil.rmtree(d)
+    os.chmod(paths.pki, 0o700)
+    return True
+
+
+def write_kubeconfig(paths: Paths) -> None:
+    def b64(name: str) -> str:
+        return base64.b64encode(paths.pki_file(name).read_bytes()).decode()
+
+    server = f"https://{LOOPBACK}:{port('apiserver')}"
+    # JSON is valid YAML; no YAML library needed.
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "capstan", "cluster": {"server": server, "certificate-authority-data": b64("ca.crt")}}
+        ],
+        "users": [
+            {
+                "name": "admin",
+                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+            }
+        ],
+        "contexts": [{"name": "capstan", "context": {"cluster": "capstan", "user": "admin"}}],
+        "current-context": "capstan",
+        "preferences": {},
+    }
+    text = json.dumps(config, indent=2) + "\n"
+    if paths.kubeconfig.exists() and paths.kubeconfig.read_text() == text:
+        return
+    tmp = paths.kubeconfig.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, 0o600)
+    tmp.replace(paths.kubeconfig)
+
+
+# --------------------------------------------------------------------------------------------
+# probes
+
+
+def _admin_ssl_context(paths: Paths) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(paths.pki_file("ca.crt")))
+    ctx.load_cert_chain(str(paths.pki_file("admin.crt")), str(paths.pki_file("admin.key")))
+    return ctx
+
+
+def http_get(
+    url: str, ctx: ssl.SSLContext | None = None, timeout: float = PROBE_TIMEOUT
+) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=ctx) as resp:  # noqa: S310 (loopback)
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _ok(fn: Callable[[], bool]) -> bool:
+    try:
+        return fn()
+    except (OSError, ssl.SSLError, ValueError):
+        return False
+
+
+def probe_etcd() -> bool:
+    def check() -> bool:
+        status, body = http_get(f"http://{LOOPBACK}:{port('etcd')}/health")
+        return status == 200 and json.loads(body).get("health") == "true"
+
+    return _ok(check)
+
+
+def probe_apiserver(paths: Paths) -> bool:
+    def check() -> bool:
+        ctx = _admin_ssl_context(paths)
+        base = f"https://{LOOPBACK}:{port('apiserver')}"
+        status, _ = http_get(f"{base}/readyz", ctx)
+        if status != 200:
+            return False
+        status, _ = http_get(f"{base}/api/v1/namespaces/default", ctx)
+        return status == 200
+
+    return _ok(check)
+
+
+def probe_minio() -> bool:
+    return _ok(lambda: http_get(f"http://{LOOPBACK}:{port('minio')}/minio/health/ready")[0] == 200)
+
+
+def probe_redis() -> bool:
+    def check() -> bool:
+        with socket.create_connection((LOOPBACK, port("redis")), timeout=PROBE_TIMEOUT) as s:
+            s.settimeout(PROBE_TIMEOUT)
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+
+    return _ok(check)
+
+
+def port_in_use(p: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        return s.connect_ex((LOOPBACK, p)) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# processes
+
+
+@dataclasses.dataclass
+class Component:
+    name: str
+    argv: Callable[[Paths], list[str]]
+    probe: Callable[[Paths], bool]
+    ports: tuple[str, ...]
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def program(self) -> str:
+        return self.argv(Paths())[0]
+
+
+def _etcd_argv(paths: Paths) -> list[str]:
+    client = f"http://{LOOPBACK}:{port('etcd')}"
+    peer = f"http://{LOOPBACK}:{port('etcd_peer')}"
+    return [
+        str(binaries()["etcd"]),
+        "--name=capstan",
+        f"--data-dir={paths.etcd_data}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=capstan={peer}",
+        "--initial-cluster-state=new",
+        "--unsafe-no-fsync=true",  # as envtest does: a throw-away dev store
+        "--log-level=warn",
+    ]
+
+
+def _apiserver_argv(paths: Paths) -> list[str]:
+    pki = paths.pki
+    return [
+        str(binaries()["kube-apiserver"]),
+        f"--etcd-servers=http://{LOOPBACK}:{port('etcd')}",
+        f"--secure-port={port('apiserver')}",
+        f"--bind-address={LOOPBACK}",
+        f"--advertise-address={LOOPBACK}",
+        f"--cert-dir={pki}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        "--service-cluster-ip-range=10.0.0.0/24",
+        "--authorization-mode=RBAC",
+        f"--service-account-issuer={SERVICE_ACCOUNT_ISSUER}",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--api-audiences={API_AUDIENCES}",
+        "--allow-privileged=true",
+        # The `kubernetes` Service's endpoints would be 127.0.0.1, which Endpoints validation refuses.
+        "--endpoint-reconciler-type=none",
+        "--v=1",
+    ]
+
+
+def _minio_argv(paths: Paths) -> list[str]:
+    return [
+        str(binaries()["minio"]),
+        "server",
+        str(paths.minio_data),
+        "--address",
+        f"{LOOPBACK}:{port('minio')}",
+        "--console-address",
+        f"{LOOPBACK}:{port('minio_console')}",
+    ]
+
+
+def _redis_argv(paths: Paths) -> list[str]:
+    return [
+        "redis-server",
+        "--bind", LOOPBACK,
+        "--port", str(port("redis")),
+        "--protected-mode", "yes",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(paths.redis_dir),
+        "--daemonize", "no",
+        "--logfile", "",
+    ]
+
+
+COMPONENTS: dict[str, Component] = {
+    c.name: c
+    for c in (
+        Component("etcd", _etcd_argv, lambda p: probe_etcd(), ("etcd", "etcd_peer")),
+        Component("kube-apiserver", _apiserver_argv, probe_apiserver, ("apiserver",)),
+        Component(
+            "minio",
+            _minio_argv,
+            lambda p: probe_minio(),
+            ("minio", "minio_console"),
+            env={
+                "MINIO_ROOT_USER": S3_ACCESS_KEY,
+                "MINIO_ROOT_PASSWORD": S3_SECRET_KEY,
+                "MINIO_UPDATE": "off",
+                "MINIO_BROWSER": "off",
+            },
+        ),
+        Component("redis", _redis_argv, lambda p: probe_redis(), ("redis",)),
+    )
+}
+START_ORDER = ("etcd", "redis", "minio", "kube-apiserver")
+
+
+def _read_pid(paths: Paths, name: str) -> int | None:
+    try:
+        return int(paths.pid_file(name).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap our own children
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def _pid_is(pid: int, comp: Component) -> bool:
+    """The pid still runs the program we started (guards against pid reuse)."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return False
+    exe = exe.removesuffix(" (deleted)")
+    expected = comp.program()
+    return exe == os.path.realpath(shutil.which(expected) or expected)
+
+
+def running_pid(paths: Paths, name: str) -> int | None:
+    pid = _read_pid(paths, name)
+    if pid and _pid_alive(pid) and _pid_is(pid, COMPONENTS[name]):
+        return pid
+    return None
+
+
+def _tail(path: Path, offset: int = 0, lines: int = 40) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except OSError:
+        return "(no log)"
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
+
+
+def _start(paths: Paths, comp: Component) -> tuple[int, int]:
+    """Start a component in its own session; returns (pid, log offset)."""
+    for pname in comp.ports:
+        if port_in_use(port(pname)):
+            var = DEFAULT_PORTS[pname][0]
+            raise StackError(
+                f"port {LOOPBACK}:{port(pname)} for {comp.name} is taken by another program; "
+                f"stop it or choose another port with {var}=..."
+            )
+    logf = paths.log_file(comp.name)
+    with logf.open("ab") as out:
+        out.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {comp.name} ===\n".encode())
+        out.flush()
+        offset = out.tell()
+        argv = comp.argv(paths)
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=paths.root,
+            env={**os.environ, **comp.env},
+            start_new_session=True,
+        )
+    paths.pid_file(comp.name).write_text(f"{proc.pid}\n")
+    log(f"started {comp.name} (pid {proc.pid}), log {logf}")
+    return proc.pid, offset
+
+
+def _wait_healthy(paths: Paths, comp: Component, pid: int, offset: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if comp.probe(paths):
+            return
+        if not _pid_alive(pid):
+            raise StackError(
+                f"{comp.name} exited during start-up; last lines of {paths.log_file(comp.name)}:\n"
+                + _tail(paths.log_file(comp.name), offset)
+            )
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"{comp.name} did not become healthy within {timeout:.0f} s; last lines of "
+                f"{paths.log_file(comp.name)}:\n" + _tail(paths.log_file(comp.name), offset)
+            )
+        time.sleep(0.25)
+
+
+def _stop_pid(pid: int, name: str, timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM the process group we started, then SIGKILL after a timeout."""
+    def send(sig: int) -> None:
+        try:
+            os.killpg(pid, sig)  # started with start_new_session: pgid == pid
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            log(f"{name} (pid {pid}) ignored SIGTERM for {timeout:.0f} s; sending SIGKILL")
+            send(signal.SIGKILL)
+            kill_deadline = time.monotonic() + 5
+            while _pid_alive(pid) and time.monotonic() < kill_deadline:
+                time.sleep(0.1)
+            break
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def _locked(paths: Paths) -> Iterator[None]:
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with paths.lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# --------------------------------------------------------------------------------------------
+# up / down / status
+
+
+def _ensure_component(
+    paths: Paths, name: str, started: list[str], reused: list[str]
+) -> tuple[int, int] | None:
+    """Reuse a healthy running component, or start it; returns (pid, offset) when started."""
+    comp = COMPONENTS[name]
+    pid = running_pid(paths, name)
+    if pid is not None:
+        # A process of ours runs: give it a moment if it is still starting, else replace it.
+        deadline = time.monotonic() + min(START_TIMEOUTS[name], 30.0)
+        while time.monotonic() < deadline and _pid_alive(pid):
+            if comp.probe(paths):
+                reused.append(name)
+                log(f"reusing {name} (pid {pid})")
+                return None
+            time.sleep(0.5)
+        log(f"{name} (pid {pid}) runs but is not healthy; restarting it")
+        _stop_pid(pid, name)
+    paths.pid_file(name).unlink(missing_ok=True)
+    started.append(name)
+    return _start(paths, comp)
+
+
+def ensure_up(build_first: bool = True) -> StackEnv:
+    """Start whatever part of the stack is not running (idempotent) and wait until it is healthy."""
+    paths = Paths()
+    t0 = time.monotonic()
+    if build_first:
+        build()
+    with _locked(paths):
+        paths.mkdirs()
+        if ensure_pki(paths):
+            log(f"created certificates and service-account keys in {paths.pki}")
+        write_kubeconfig(paths)
+        started: list[str] = []
+        reused: list[str] = []
+        pending: dict[str, tuple[int, int]] = {}
+        for name in START_ORDER:
+            if name == "kube-apiserver" and "etcd" in pending:
+                pid, offset = pending.pop("etcd")
+                _wait_healthy(paths, COMPONENTS["etcd"], pid, offset, START_TIMEOUTS["etcd"])
+            res = _ensure_component(paths, name, started, reused)
+            if res:
+                pending[name] = res
+        for name, (pid, offset) in pending.items():
+            _wait_healthy(paths, COMPONENTS[name], pid, offset, START_TIMEOUTS[name])
+            log(f"{name} is healthy")
+        if started:
+            log(f"stack up in {time.monotonic() - t0:.1f} s (started: {', '.join(started)}"
+                + (f"; reused: {', '.join(reused)})" if reused else ")"))
+        else:
+            log("stack already up; nothing started")
+    env = stack_env(paths)
+    env.started, env.reused = started, reused
+    return env
+
+
+def down() -> list[str]:
+    """Stop every component (reverse start order). State and build cache are kept."""
+    paths = Paths()
+    stopped = []
+    with _locked(paths):
+        for name in reversed(START_ORDER):
+            pid = running_pid(paths, name)
+            if pid is not None:
+                log(f"stopping {name} (pid {pid})")
+                _stop_pid(pid, name)
+                stopped.append(name)
+            paths.pid_file(name).unlink(missing_ok=True)
+    if not stopped:
+        log("nothing was running")
+    return stopped
+
+
+def status() -> dict[str, dict[str, object]]:
+    paths = Paths()
+    out: dict[str, dict[str, object]] = {}
+    for name in START_ORDER:
+        comp = COMPONENTS[name]
+        pid = running_pid(paths, name)
+        out[name] = {
+            "pid": pid,
+            "healthy": comp.probe(paths) if pid else False,
+            "ports": {p: port(p) for p in comp.ports},
+            "log": str(paths.log_file(name)),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devstack.stack", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=["up", "down", "env", "status"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            env = ensure_up()
+            for name in START_ORDER:
+                what = "started" if name in env.started else "reused"
+                print(f"{name}: {what}")
+            print(f"KUBECONFIG={env.kubeconfig}  (eval \"$(python -m devstack.stack env)\" to export)")
+        elif args.command == "down":
+            down()
+        elif args.command == "env":
+            for key, value in stack_env().env().items():
+                print(f"export {key}={shlex.quote(value)}")
+        else:
+            any_down = False
+            for name, st in status().items():
+                ports = ", ".join(f"{LOOPBACK}:{p}" for p in st["ports"].values())  # type: ignore[union-attr]
+                if st["pid"]:
+                    state = "healthy" if st["healthy"] else "UNHEALTHY"
+                    print(f"{name:15} running  pid {st['pid']:<8} {state:9} {ports}")
+                else:
+                    any_down = True
+                    print(f"{name:15} stopped  {'':12} {'':9} {ports}")
+            return 3 if any_down else 0
+    except StackError as e:
+        print(f"[devstack] error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
