@@ -248,7 +248,14 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 PKI_FILES = (
-    "ca.crt", "ca.key", "apiserver.crt", "apiserver.key", "admin.crt", "admin.key", "sa.key", "sa.pub",
+    "ca.crt",
+    "ca.key",
+    "apiserver.crt",
+    "apiserver.key",
+    "admin.crt",
+    "admin.key",
+    "sa.key",
+    "sa.pub",
 )
 
 
@@ -265,11 +272,23 @@ def ensure_pki(paths: Paths) -> bool:
         days = "3650"
         _openssl("genrsa", "-out", "ca.key", "2048", cwd=d)
         _openssl(
-            "req", "-x509", "-new", "-key", "ca.key", "-sha256", "-days", days,
-            "-subj", "/CN=capstan-devstack-ca",
-            "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-            "-out", "ca.crt", cwd=d,
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-sha256",
+            "-days",
+            days,
+            "-subj",
+            "/CN=capstan-devstack-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-out",
+            "ca.crt",
+            cwd=d,
         )
         leafs = {
             "apiserver": (
@@ -286,9 +305,24 @@ def ensure_pki(paths: Paths) -> bool:
             _openssl("genrsa", "-out", f"{name}.key", "2048", cwd=d)
             _openssl("req", "-new", "-key", f"{name}.key", "-subj", subj, "-out", f"{name}.csr", cwd=d)
             _openssl(
-                "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-set_serial", str(1000 + i), "-sha256", "-days", days,
-                "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d,
+                "x509",
+                "-req",
+                "-in",
+                f"{name}.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-set_serial",
+                str(1000 + i),
+                "-sha256",
+                "-days",
+                days,
+                "-extfile",
+                f"{name}.ext",
+                "-out",
+                f"{name}.crt",
+                cwd=d,
             )
         _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
         _openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
@@ -480,14 +514,22 @@ def _minio_argv(paths: Paths) -> list[str]:
 def _redis_argv(paths: Paths) -> list[str]:
     return [
         "redis-server",
-        "--bind", LOOPBACK,
-        "--port", str(port("redis")),
-        "--protected-mode", "yes",
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(paths.redis_dir),
-        "--daemonize", "no",
-        "--logfile", "",
+        "--bind",
+        LOOPBACK,
+        "--port",
+        str(port("redis")),
+        "--protected-mode",
+        "yes",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(paths.redis_dir),
+        "--daemonize",
+        "no",
+        "--logfile",
+        "",
     ]
 
 
@@ -608,6 +650,7 @@ def _wait_healthy(paths: Paths, comp: Component, pid: int, offset: int, timeout:
 
 def _stop_pid(pid: int, name: str, timeout: float = STOP_TIMEOUT) -> None:
     """SIGTERM the process group we started, then SIGKILL after a timeout."""
+
     def send(sig: int) -> None:
         try:
             os.killpg(pid, sig)  # started with start_new_session: pgid == pid
@@ -692,8 +735,10 @@ def ensure_up(build_first: bool = True) -> StackEnv:
             _wait_healthy(paths, COMPONENTS[name], pid, offset, START_TIMEOUTS[name])
             log(f"{name} is healthy")
         if started:
-            log(f"stack up in {time.monotonic() - t0:.1f} s (started: {', '.join(started)}"
-                + (f"; reused: {', '.join(reused)})" if reused else ")"))
+            log(
+                f"stack up in {time.monotonic() - t0:.1f} s (started: {', '.join(started)}"
+                + (f"; reused: {', '.join(reused)})" if reused else ")")
+            )
         else:
             log("stack already up; nothing started")
     env = stack_env(paths)
@@ -743,7 +788,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in START_ORDER:
                 what = "started" if name in env.started else "reused"
                 print(f"{name}: {what}")
-            print(f"KUBECONFIG={env.kubeconfig}  (eval \"$(python -m devstack.stack env)\" to export)")
+            print(f'KUBECONFIG={env.kubeconfig}  (eval "$(python -m devstack.stack env)" to export)')
         elif args.command == "down":
             down()
         elif args.command == "env":

@@ -1,0 +1,243 @@
+"""The local real stack (DESIGN §9) works as tests and the demo expect."""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from devstack import stack as devstack
+from devstack.pytest_plugin import new_api_client
+
+REPO = Path(__file__).resolve().parents[2]
+T = 10  # seconds, per request
+
+
+def _token_client(stack: devstack.StackEnv, token: str) -> client.ApiClient:
+    cfg = client.Configuration()
+    cfg.host = stack.apiserver_url
+    cfg.ssl_ca_cert = stack.ca_file
+    cfg.api_key = {"authorization": token}
+    cfg.api_key_prefix = {"authorization": "Bearer"}
+    return client.ApiClient(cfg)
+
+
+def test_unauthenticated_request_is_forbidden(stack: devstack.StackEnv) -> None:
+    ctx = ssl.create_default_context(cafile=stack.ca_file)
+    url = f"{stack.apiserver_url}/api/v1/namespaces/default/secrets"
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(url, context=ctx, timeout=T)  # noqa: S310
+    assert err.value.code == 403
+    assert "system:anonymous" in json.loads(err.value.read())["message"]
+
+
+def test_admin_kubeconfig_is_cluster_admin(kube_api: client.ApiClient) -> None:
+    review = client.AuthenticationV1Api(kube_api).create_self_subject_review(client.V1SelfSubjectReview())
+    assert review.status.user_info.username == "admin"
+    assert "system:masters" in review.status.user_info.groups
+    names = {ns.metadata.name for ns in client.CoreV1Api(kube_api).list_namespace().items}
+    assert {"default", "kube-system"} <= names
+
+
+def test_serviceaccount_token_authenticates_and_rbac_authorizes(
+    stack: devstack.StackEnv, kube_api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_service_account(
+        namespace, client.V1ServiceAccount(metadata=client.V1ObjectMeta(name="robot"))
+    )
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(audiences=["https://kubernetes.default.svc"], expiration_seconds=600)
+    )
+    token = core.create_namespaced_service_account_token("robot", namespace, request).status.token
+    assert token
+
+    with _token_client(stack, token) as sa:
+        review = client.AuthenticationV1Api(sa).create_self_subject_review(
+            client.V1SelfSubjectReview(), _request_timeout=T
+        )
+        assert review.status.user_info.username == f"system:serviceaccount:{namespace}:robot"
+
+        # RBAC is on: without a binding the ServiceAccount may not list secrets ...
+        with pytest.raises(ApiException) as err:
+            client.CoreV1Api(sa).list_namespaced_secret(namespace, _request_timeout=T)
+        assert err.value.status == 403
+
+        # ... and with a Role and RoleBinding it may.
+        rbac = client.RbacAuthorizationV1Api(kube_api)
+        rbac.create_namespaced_role(
+            namespace,
+            client.V1Role(
+                metadata=client.V1ObjectMeta(name="read-secrets"),
+                rules=[client.V1PolicyRule(api_groups=[""], resources=["secrets"], verbs=["list"])],
+            ),
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            client.V1RoleBinding(
+                metadata=client.V1ObjectMeta(name="robot-reads-secrets"),
+                role_ref=client.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io", kind="Role", name="read-secrets"
+                ),
+                subjects=[client.RbacV1Subject(kind="ServiceAccount", name="robot", namespace=namespace)],
+            ),
+        )
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                client.CoreV1Api(sa).list_namespaced_secret(namespace, _request_timeout=T)
+                break
+            except ApiException as e:
+                if e.status != 403 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    # A token for another audience is refused.
+    other = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=["someone-else"]))
+    foreign = core.create_namespaced_service_account_token("robot", namespace, other).status.token
+    with _token_client(stack, foreign) as sa, pytest.raises(ApiException) as err:
+        client.AuthenticationV1Api(sa).create_self_subject_review(
+            client.V1SelfSubjectReview(), _request_timeout=T
+        )
+    assert err.value.status == 401
+
+
+def test_namespace_fixture_accepts_pods(kube_api: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube_api)
+    assert core.read_namespaced_service_account("default", namespace).metadata.name == "default"
+    assert "ca.crt" in core.read_namespaced_config_map("kube-root-ca.crt", namespace).data
+    pod = core.create_namespaced_pod(
+        namespace,
+        client.V1Pod(
+            metadata=client.V1ObjectMeta(name="p"),
+            spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="none", command=["true"])]),
+        ),
+    )
+    # ServiceAccount admission is on, as in a real cluster; no scheduler or kubelet runs.
+    assert pod.spec.service_account_name == "default"
+    assert pod.status.phase == "Pending"
+
+
+def test_minio_round_trip(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    data = os.urandom(256 * 1024)
+    s3.put_object(
+        bucket, "dir/blob.bin", io.BytesIO(data), len(data), content_type="application/octet-stream"
+    )
+    resp = s3.get_object(bucket, "dir/blob.bin")
+    try:
+        assert resp.read() == data
+    finally:
+        resp.close()
+        resp.release_conn()
+    assert [o.object_name for o in s3.list_objects(bucket, prefix="dir/")] == ["dir/blob.bin"]
+
+
+def test_redis_answers_ping(stack: devstack.StackEnv) -> None:
+    r = redis.Redis.from_url(stack.redis_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        assert r.ping() is True
+        key = f"capstan-test-{uuid.uuid4().hex}"
+        r.set(key, "1", ex=60)
+        assert r.get(key) == b"1"
+        assert r.config_get("save")["save"] == ""  # no persistence
+    finally:
+        r.close()
+
+
+def test_environment_is_exported(stack: devstack.StackEnv) -> None:
+    for key, value in stack.env().items():
+        assert os.environ[key] == value
+    assert os.environ["S3_SECURE"] == "0"
+    assert "LIVEKIT_URL" not in stack.env() or os.environ.get("CAPSTAN_LIVEKIT_URL")
+    with new_api_client(os.environ["KUBECONFIG"]) as api:
+        assert client.VersionApi(api).get_code().git_version.startswith("v1.")
+
+
+def test_up_is_idempotent(stack: devstack.StackEnv) -> None:
+    before = devstack.status()
+    again = devstack.ensure_up()
+    assert again.started == []
+    assert sorted(again.reused) == sorted(devstack.START_ORDER)
+    after = devstack.status()
+    assert {n: s["pid"] for n, s in after.items()} == {n: s["pid"] for n, s in before.items()}
+    assert all(s["healthy"] for s in after.values())
+
+    # The CLI says the same, and `env` prints shell exports.
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    up = subprocess.run(
+        [sys.executable, "-m", "devstack.stack", "up"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert up.returncode == 0, up.stderr
+    assert ": started" not in up.stdout
+    assert all(f"{name}: reused" in up.stdout for name in devstack.START_ORDER)
+    out = subprocess.run(
+        [sys.executable, "-m", "devstack.stack", "env"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 0
+    assert f"export KUBECONFIG={stack.kubeconfig}" in out.stdout.splitlines()
+    st = subprocess.run(
+        [sys.executable, "-m", "devstack.stack", "status"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert st.returncode == 0, st.stdout
+
+
+def _listening_inodes() -> dict[int, str]:
+    """socket inode -> local address, for every listening TCP socket (IPv4 and IPv6)."""
+    out: dict[int, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":  # LISTEN
+                out[int(fields[9])] = fields[1]
+    return out
+
+
+def test_everything_listens_on_loopback_only(stack: devstack.StackEnv) -> None:
+    listening = _listening_inodes()
+    paths = devstack.Paths()
+    seen = 0
+    for name in devstack.START_ORDER:
+        pid = devstack.running_pid(paths, name)
+        assert pid, name
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inode = int(target[8:-1])
+                if inode in listening:
+                    seen += 1
+                    addr = listening[inode].split(":")[0]
+                    # 0100007F is 127.0.0.1 in /proc/net/tcp's little-endian hex
+                    assert addr == "0100007F", f"{name} listens on {listening[inode]}"
+    assert seen >= len(devstack.START_ORDER)
