@@ -1,0 +1,53 @@
+"""Operator settings, from the environment (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+PREFIX = "capstan.dev"
+FINALIZER = f"{PREFIX}/finalizer"
+LABEL_TASK = f"{PREFIX}/task"
+LABEL_KIND = f"{PREFIX}/kind"
+LABEL_ATTEMPT = f"{PREFIX}/attempt"
+LABEL_MANAGED = "app.kubernetes.io/managed-by"
+
+
+def _int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """What an operator admin can tune. Defaults are seed 002's limits."""
+
+    max_tasks: int = 100
+    queue_policy: str = "queue"  # "queue": wait in phase normal; "refuse": fail at once
+    max_failovers: int = 3
+    worker_image: str = "ghcr.io/capstan-dev/capstan-worker:0.1.0"
+    worker_python: str = "python"
+    stop_grace_seconds: int = 120
+    reconcile_interval: float = 2.0
+    callback_timeout: float = 5.0
+    callback_give_up_seconds: float = 90.0
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> OperatorConfig:
+        policy = os.environ.get("CAPSTAN_QUEUE_POLICY", "queue")
+        if policy not in ("queue", "refuse"):
+            raise ValueError(f"CAPSTAN_QUEUE_POLICY must be queue or refuse, not {policy!r}")
+        # Extra env given to every worker (e.g. log level), as CAPSTAN_WORKER_ENV_<NAME>=value.
+        worker_env = {k.removeprefix("CAPSTAN_WORKER_ENV_"): v for k, v in os.environ.items()
+                      if k.startswith("CAPSTAN_WORKER_ENV_")}
+        return cls(
+            max_tasks=_int("CAPSTAN_MAX_TASKS", 100),
+            queue_policy=policy,
+            max_failovers=_int("CAPSTAN_MAX_FAILOVERS", 3),
+            worker_image=os.environ.get("CAPSTAN_WORKER_IMAGE", cls.worker_image),
+            worker_python=os.environ.get("CAPSTAN_WORKER_PYTHON", "python"),
+            stop_grace_seconds=_int("CAPSTAN_STOP_GRACE_SECONDS", 120),
+            reconcile_interval=float(os.environ.get("CAPSTAN_RECONCILE_INTERVAL", "2.0")),
+            worker_env=worker_env,
+        )

@@ -1,0 +1,220 @@
+"""kopf handlers: thin glue between watch events and the pure phase machine.
+
+Per kind: `accept` gives a new task its id and puts it in the queue; `reconcile` (a timer) admits,
+observes the worker Pod, asks `phases.decide` what to do and does it; `stop` notes a stop request;
+`finalize` lets the worker stop gracefully before the resource goes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import uuid
+from typing import Any
+
+import kopf
+
+from capstan.api import GROUP, KINDS, VERSION, KindInfo
+from capstan.api.common import Phase
+from capstan.operator import children, kube, metrics
+from capstan.operator.admission import QueueEntry, queue_position
+from capstan.operator.config import FINALIZER, PREFIX, OperatorConfig
+from capstan.operator.phases import TERMINAL, Action, PodObservation, PodState, TaskObservation, decide
+
+CONFIG = OperatorConfig.from_env()
+_admission_lock = threading.Lock()
+_reserved: dict[str, set[str]] = {info.plural: set() for info in KINDS}
+_TERMINAL_VALUES = {p.value for p in TERMINAL}
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    settings.posting.level = 20  # INFO and above become Kubernetes Events
+    settings.watching.server_timeout = 60
+    settings.watching.client_timeout = 90
+    settings.networking.request_timeout = 30
+    settings.execution.max_workers = 32
+    metrics.serve()
+
+
+def _condition(type_: str, status: bool, reason: str, message: str, generation: int | None) -> dict:
+    return {"type": type_, "status": "True" if status else "False", "reason": reason, "message": message,
+            "lastTransitionTime": now(), "observedGeneration": generation}
+
+
+def _set_condition(status: dict, patch: kopf.Patch, cond: dict) -> None:
+    """Replace one condition, keeping its transition time when its status did not change."""
+    current = list(patch.status.get("conditions") or status.get("conditions") or [])
+    for old in current:
+        if old.get("type") == cond["type"]:
+            if (old.get("status"), old.get("reason"), old.get("message")) == (
+                    cond["status"], cond["reason"], cond["message"]):
+                return
+            if old.get("status") == cond["status"]:
+                cond["lastTransitionTime"] = old.get("lastTransitionTime", cond["lastTransitionTime"])
+    current = [c for c in current if c.get("type") != cond["type"]] + [cond]
+    patch.status["conditions"] = current
+
+
+def _is_admitted(status: dict) -> bool:
+    return any(c.get("type") == "Admitted" and c.get("status") == "True" for c in status.get("conditions") or [])
+
+
+def _room(spec: dict) -> str:
+    room = spec.get("room") or {}
+    return str(room.get("roomId") or room.get("strRoomId") or "")
+
+
+def _observe_pod(info: KindInfo, namespace: str, name: str, attempt: int) -> PodObservation:
+    if attempt < 1:
+        return PodObservation.absent()
+    pod = kube.read_pod(namespace, children.pod_name(info, name, attempt))
+    if pod is None or pod["metadata"].get("deletionTimestamp"):
+        return PodObservation.absent()
+    phase = (pod.get("status") or {}).get("phase", "Pending")
+    exit_code, message = None, None
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term:
+            exit_code, message = term.get("exitCode"), term.get("message") or term.get("reason")
+    state = {"Pending": PodState.pending, "Running": PodState.running, "Succeeded": PodState.succeeded,
+             "Failed": PodState.failed}.get(phase, PodState.pending)
+    return PodObservation(state, attempt=attempt, exit_code=exit_code, message=message)
+
+
+def _post(body: dict, event: tuple[str, str, str] | None) -> None:
+    if event:
+        kopf.event(body, type=event[0], reason=event[1], message=event[2])
+
+
+def register(info: KindInfo) -> None:
+    """Attach the handlers for one kind."""
+    queue_id = f"{info.plural}_queue"
+
+    @kopf.index(GROUP, VERSION, info.plural, id=queue_id)
+    def queue_index(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, **_: Any) -> dict:
+        return {meta["uid"]: QueueEntry(
+            uid=meta["uid"], created=meta.get("creationTimestamp", ""), name=meta["name"],
+            admitted=_is_admitted(dict(status)), terminal=status.get("phase") in _TERMINAL_VALUES)}
+
+    @kopf.on.resume(GROUP, VERSION, info.plural, id=f"{info.plural}-accept-resume")
+    @kopf.on.create(GROUP, VERSION, info.plural, id=f"{info.plural}-accept")
+    def accept(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+               **_: Any) -> None:
+        if status.get("taskId"):
+            return  # already accepted (operator restart): keep the task id
+        patch.status["taskId"] = str(uuid.uuid4())
+        patch.status["phase"] = Phase.normal.value
+        patch.status["createTime"] = now()
+        patch.status["room"] = _room(dict(spec))
+        patch.status["attempt"] = 0
+        patch.status["failovers"] = 0
+        patch.status["observedGeneration"] = meta.get("generation")
+        kopf.event(body, type="Normal", reason="Accepted", message=f"task {patch.status['taskId']} accepted")
+        metrics.TASKS_ACCEPTED.labels(info.plural).inc()
+
+    @kopf.on.field(GROUP, VERSION, info.plural, field="spec.stop", id=f"{info.plural}-stop")
+    def stop(body: kopf.Body, new: Any, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+        if new and not status.get("cancelTime"):
+            patch.status["cancelTime"] = now()
+            kopf.event(body, type="Normal", reason="StopRequested", message="stop requested; worker finishing")
+
+    @kopf.timer(GROUP, VERSION, info.plural, id=f"{info.plural}-reconcile", interval=CONFIG.reconcile_interval,
+                when=lambda status, **_: bool(status.get("taskId")) and status.get("phase") not in _TERMINAL_VALUES)
+    def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                  **kwargs: Any) -> None:
+        st = dict(status)
+        uid, generation = meta["uid"], meta.get("generation")
+        admitted = _is_admitted(st)
+        if not admitted:
+            admitted = _admit(info, body, st, patch, kwargs[queue_id], uid, generation)
+        attempt = int(st.get("attempt") or 0)
+        obs = TaskObservation(
+            phase=st.get("phase"), attempt=attempt, failovers=int(st.get("failovers") or 0),
+            admitted=admitted, stop_requested=bool(spec.get("stop")), deleting=bool(meta.get("deletionTimestamp")),
+            pod=_observe_pod(info, meta["namespace"], meta["name"], attempt), max_failovers=CONFIG.max_failovers)
+        decision = decide(obs)
+        if decision.action is Action.none:
+            return
+        body_dict = dict(body)
+        body_dict["status"] = {**st, **decision.status}
+        if decision.action is Action.create_pod:
+            kube.ensure_identity(info, body_dict)
+            created = kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG))
+            if not created:
+                decision.event = None  # the Pod was already there: nothing new happened
+            patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
+        elif decision.action is Action.replace_pod:
+            kube.delete_pod(meta["namespace"], children.pod_name(info, meta["name"], attempt), grace_seconds=0)
+            kube.ensure_identity(info, body_dict)
+            kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG))
+            patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
+            metrics.FAILOVERS.labels(info.plural).inc()
+        elif decision.action in (Action.finish, Action.fail):
+            patch.status["finishTime"] = now()
+            if not st.get("stopTime"):
+                patch.status["stopTime"] = now()
+            metrics.TASKS_ENDED.labels(info.plural, decision.status.get("phase", "")).inc()
+            _set_condition(st, patch, _condition("Finished", True, decision.status.get("phase", "").capitalize(),
+                                                 (decision.event or ("", "", "done"))[2], generation))
+        for key, value in decision.status.items():
+            patch.status[key] = value
+        patch.status["observedGeneration"] = generation
+        _post(body, decision.event)
+
+    @kopf.on.delete(GROUP, VERSION, info.plural, id=f"{info.plural}-finalize")
+    def finalize(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, **_: Any) -> None:
+        """Keep the resource until its worker has stopped, then remove the children."""
+        ns, name = meta["namespace"], meta["name"]
+        attempt = int(status.get("attempt") or 0)
+        pod = _observe_pod(info, ns, name, attempt)
+        if pod.state in (PodState.pending, PodState.running):
+            deleted_at = dt.datetime.fromisoformat(meta["deletionTimestamp"].replace("Z", "+00:00"))
+            waited = (dt.datetime.now(dt.UTC) - deleted_at).total_seconds()
+            if pod.state is PodState.pending or waited > CONFIG.stop_grace_seconds:
+                kube.delete_pod(ns, children.pod_name(info, name, attempt))
+            raise kopf.TemporaryError("waiting for the worker to stop and save its files", delay=1)
+        kube.delete_children(info, ns, name)
+        _reserved[info.plural].discard(meta["uid"])
+
+
+def _admit(info: KindInfo, body: kopf.Body, st: dict, patch: kopf.Patch, index: kopf.Index, uid: str,
+           generation: int | None) -> bool:
+    entries = [entry for _, store in index.items() for entry in store]
+    reserved = _reserved[info.plural]
+    with _admission_lock:
+        # Forget reservations the index has caught up with.
+        seen = {e.uid for e in entries if e.admitted or e.terminal}
+        reserved.difference_update(seen | (reserved - {e.uid for e in entries}))
+        position = queue_position(entries, uid, CONFIG.max_tasks, reserved)
+        if position == 0:
+            reserved.add(uid)
+    if position == 0:
+        _set_condition(st, patch, _condition("Queued", False, "Admitted", "a place is free", generation))
+        _set_condition(st, patch, _condition("Admitted", True, "QuotaAvailable",
+                                             f"admitted under the limit of {CONFIG.max_tasks} tasks", generation))
+        kopf.event(body, type="Normal", reason="Admitted", message="admitted; starting the worker")
+        return True
+    if CONFIG.queue_policy == "refuse":
+        message = f"the limit of {CONFIG.max_tasks} concurrent tasks is reached (RestrictedConcurrency)"
+        patch.status["phase"] = Phase.failed.value
+        patch.status["result"] = {"errorCode": "FailedOperation.RestrictedConcurrency", "errorMessage": message}
+        kopf.event(body, type="Warning", reason="Refused", message=message)
+        return False
+    message = f"waiting for a free place: {position} in queue, limit {CONFIG.max_tasks} concurrent tasks"
+    _set_condition(st, patch, _condition("Queued", True, "QuotaExceeded", message, generation))
+    if st.get("message") != message:
+        patch.status["message"] = message
+    return False
+
+
+for _info in KINDS:
+    register(_info)

@@ -1,0 +1,118 @@
+"""Kubernetes adapter of the operator: idempotent child creation, lookups, cleanup.
+
+Every call has a timeout. Creation treats 409 (already exists) as success, deletion treats 404
+as success: the operator may repeat any step after a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from capstan.api import KindInfo
+from capstan.operator import children
+from capstan.operator.config import LABEL_TASK
+
+TIMEOUT = 10
+log = logging.getLogger(__name__)
+
+
+@cache
+def client() -> kubernetes.client.ApiClient:
+    """In-cluster config inside a Pod, else KUBECONFIG."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+def core() -> kubernetes.client.CoreV1Api:
+    return kubernetes.client.CoreV1Api(client())
+
+
+def rbac() -> kubernetes.client.RbacAuthorizationV1Api:
+    return kubernetes.client.RbacAuthorizationV1Api(client())
+
+
+def _create(fn, namespace: str, obj: dict[str, Any]) -> bool:
+    """Create; True if created now, False if it was already there."""
+    try:
+        fn(namespace, obj, _request_timeout=TIMEOUT)
+        return True
+    except ApiException as exc:
+        if exc.status == 409:
+            return False
+        raise
+
+
+def _delete(fn, name: str, namespace: str, **kwargs: Any) -> None:
+    try:
+        fn(name, namespace, _request_timeout=TIMEOUT, **kwargs)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+def ensure_identity(info: KindInfo, body: dict[str, Any]) -> None:
+    """The worker's ServiceAccount, Role and RoleBinding (before its Pod: admission needs the SA)."""
+    ns = body["metadata"]["namespace"]
+    _create(core().create_namespaced_service_account, ns, children.service_account(info, body))
+    _create(rbac().create_namespaced_role, ns, children.role(info, body))
+    _create(rbac().create_namespaced_role_binding, ns, children.role_binding(info, body))
+
+
+def create_pod(pod: dict[str, Any]) -> bool:
+    return _create(core().create_namespaced_pod, pod["metadata"]["namespace"], pod)
+
+
+def read_pod(namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        pod = core().read_namespaced_pod(name, namespace, _request_timeout=TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return client().sanitize_for_serialization(pod)
+
+
+def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> None:
+    kwargs = {} if grace_seconds is None else {"grace_period_seconds": grace_seconds}
+    _delete(core().delete_namespaced_pod, name, namespace, **kwargs)
+
+
+def task_pods(info: KindInfo, namespace: str, task: str) -> list[dict[str, Any]]:
+    pods = core().list_namespaced_pod(namespace, label_selector=f"{LABEL_TASK}={task}",
+                                      _request_timeout=TIMEOUT)
+    return [client().sanitize_for_serialization(p) for p in pods.items]
+
+
+def delete_children(info: KindInfo, namespace: str, task: str) -> None:
+    """Remove everything the task created. Owner references would do this in a cluster with a
+    garbage collector; doing it ourselves keeps correctness independent of one."""
+    for pod in task_pods(info, namespace, task):
+        delete_pod(namespace, pod["metadata"]["name"], grace_seconds=0)
+    sa = children.service_account_name(info, task)
+    _delete(rbac().delete_namespaced_role_binding, sa, namespace)
+    _delete(rbac().delete_namespaced_role, sa, namespace)
+    _delete(core().delete_namespaced_service_account, sa, namespace)
+
+
+def read_secret_key(namespace: str, name: str, key: str) -> str:
+    """One key of a Secret, decoded (raises KeyError naming the Secret and key if missing)."""
+    import base64
+
+    try:
+        secret = core().read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise KeyError(f"Secret {namespace}/{name} not found") from None
+        raise
+    data = secret.data or {}
+    if key not in data:
+        raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
+    return base64.b64decode(data[key]).decode()

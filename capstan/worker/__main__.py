@@ -1,0 +1,27 @@
+"""Worker entrypoint: python -m capstan.worker recorder|pusher|panorama."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+from capstan.worker.base import OwnResource, Worker, WorkerContext
+
+ENTRYPOINTS = {"recorder": "capstan.recorder.main", "pusher": "capstan.pusher.main",
+               "panorama": "capstan.panorama.main"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in ENTRYPOINTS:
+        print(f"usage: python -m capstan.worker {{{'|'.join(ENTRYPOINTS)}}}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx = WorkerContext.from_env()
+    module = importlib.import_module(ENTRYPOINTS[args[0]])
+    return Worker(ctx, OwnResource(ctx)).run(module.run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

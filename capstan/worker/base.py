@@ -1,0 +1,152 @@
+"""What every worker shares: its identity from env, a Kubernetes client with its own narrow token,
+a status reporter for its own resource, a watch for stop/deletion/spec changes, and graceful SIGTERM.
+
+A worker may only get/watch its own resource and patch its own status (the per-task Role).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from capstan.api import GROUP, VERSION
+
+TIMEOUT = 10
+log = logging.getLogger("capstan.worker")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """Who this worker is, from the env the operator put in its Pod."""
+
+    plural: str
+    name: str
+    namespace: str
+    task_id: str
+    attempt: int
+    pod_name: str
+    work_dir: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> WorkerContext:
+        env = dict(os.environ if env is None else env)
+        missing = [k for k in ("CAPSTAN_KIND", "CAPSTAN_NAME", "CAPSTAN_NAMESPACE") if not env.get(k)]
+        if missing:
+            raise SystemExit(f"worker: missing environment {', '.join(missing)} (set by the operator's Pod)")
+        work = Path(env.get("CAPSTAN_WORK_DIR") or env.get("TMPDIR") or "/tmp")
+        return cls(plural=env["CAPSTAN_KIND"], name=env["CAPSTAN_NAME"], namespace=env["CAPSTAN_NAMESPACE"],
+                   task_id=env.get("CAPSTAN_TASK_ID", ""), attempt=int(env.get("CAPSTAN_ATTEMPT", "1")),
+                   pod_name=env.get("CAPSTAN_POD_NAME", ""), work_dir=work)
+
+    @property
+    def ha_prefix(self) -> str:
+        """`ha<n>_` for recovered files of attempt n+1 (seed 002), empty for the first attempt."""
+        return f"ha{self.attempt - 1}_" if self.attempt > 1 else ""
+
+
+def api_client() -> kubernetes.client.ApiClient:
+    """In-cluster token, else KUBECONFIG (the devstack pod runner writes one with the Pod's SA token)."""
+    try:
+        kubernetes.config.load_incluster_config()
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config()
+    return kubernetes.client.ApiClient()
+
+
+class OwnResource:
+    """The worker's handle on its own custom resource."""
+
+    def __init__(self, ctx: WorkerContext, client: kubernetes.client.ApiClient | None = None):
+        self.ctx = ctx
+        self.api = kubernetes.client.CustomObjectsApi(client or api_client())
+
+    def get(self) -> dict[str, Any]:
+        return self.api.get_namespaced_custom_object(GROUP, VERSION, self.ctx.namespace, self.ctx.plural,
+                                                     self.ctx.name, _request_timeout=TIMEOUT)
+
+    def patch_status(self, status: dict[str, Any]) -> None:
+        self.api.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.ctx.namespace, self.ctx.plural, self.ctx.name, {"status": status},
+            _request_timeout=TIMEOUT)
+
+
+class Worker:
+    """Runs a worker body with stop handling; subclasses/callers provide `body(worker)`."""
+
+    def __init__(self, ctx: WorkerContext, resource: OwnResource):
+        self.ctx = ctx
+        self.resource = resource
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.spec: dict[str, Any] = {}
+        self.generation = 0
+        self._spec_listeners: list[Callable[[dict[str, Any]], None]] = []
+
+    def request_stop(self, reason: str) -> None:
+        if not self.stop_event.is_set():
+            log.info("stopping: %s", reason)
+            self.stop_reason = reason
+            self.stop_event.set()
+
+    def on_spec_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        self._spec_listeners.append(listener)
+
+    def report(self, **status: Any) -> None:
+        """Patch our own status; errors are logged, never fatal (the recording matters more)."""
+        try:
+            self.resource.patch_status(status)
+        except (ApiException, OSError) as exc:
+            log.warning("status patch failed: %s", exc)
+
+    def _observe(self, obj: dict[str, Any]) -> None:
+        meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        if meta.get("deletionTimestamp"):
+            self.request_stop("resource deleted")
+        elif spec.get("stop"):
+            self.request_stop("spec.stop is true")
+        generation = int(meta.get("generation") or 0)
+        if generation != self.generation:
+            self.generation, self.spec = generation, spec
+            for listener in self._spec_listeners:
+                listener(spec)
+
+    def _watch(self) -> None:
+        """Follow our own resource (watch restricted to our name by fieldSelector, as the Role allows)."""
+        while not self.stop_event.is_set():
+            try:
+                w = kubernetes.watch.Watch()
+                for event in w.stream(self.resource.api.list_namespaced_custom_object, GROUP, VERSION,
+                                      self.ctx.namespace, self.ctx.plural,
+                                      field_selector=f"metadata.name={self.ctx.name}", timeout_seconds=30,
+                                      _request_timeout=40):
+                    if event["type"] == "DELETED":
+                        self.request_stop("resource gone")
+                    else:
+                        self._observe(event["object"])
+                    if self.stop_event.is_set():
+                        w.stop()
+                        break
+            except Exception as exc:  # noqa: BLE001 - keep watching through API hiccups
+                log.warning("watch of own resource failed: %s; retrying", exc)
+                self.stop_event.wait(2)
+
+    def run(self, body: Callable[[Worker], int]) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
+        self._observe(self.resource.get())
+        threading.Thread(target=self._watch, name="own-resource-watch", daemon=True).start()
+        return body(self)

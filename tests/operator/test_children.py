@@ -1,0 +1,32 @@
+from capstan.api import CLOUD_RECORDING
+from capstan.operator import children
+from capstan.operator.config import OperatorConfig
+
+BODY = {"apiVersion": "capstan.dev/v1alpha1", "kind": "CloudRecording",
+        "metadata": {"name": "class-1234", "namespace": "ns1", "uid": "uid-1"},
+        "status": {"taskId": "task-1"}}
+
+
+def test_role_names_only_its_own_resource():
+    role = children.role(CLOUD_RECORDING, BODY)
+    for rule in role["rules"]:
+        assert rule["resourceNames"] == ["class-1234"]
+        assert "create" not in rule["verbs"] and "delete" not in rule["verbs"]
+    assert {r["resources"][0] for r in role["rules"]} == {"cloudrecordings", "cloudrecordings/status"}
+
+
+def test_pod_is_deterministic_and_owned():
+    cfg = OperatorConfig()
+    pod = children.worker_pod(CLOUD_RECORDING, BODY, 2, cfg)
+    assert pod == children.worker_pod(CLOUD_RECORDING, BODY, 2, cfg)
+    assert pod["metadata"]["name"] == "class-1234-crec-a2"
+    assert pod["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["CAPSTAN_ATTEMPT"] == "2" and env["CAPSTAN_TASK_ID"] == "task-1"
+
+
+def test_long_names_are_shortened_with_a_hash():
+    body = {**BODY, "metadata": {**BODY["metadata"], "name": "x" * 80}}
+    name = children.pod_name(CLOUD_RECORDING, body["metadata"]["name"], 1)
+    assert len(name) <= 63 and name != children.pod_name(CLOUD_RECORDING, "x" * 79, 1)

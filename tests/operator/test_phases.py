@@ -1,0 +1,56 @@
+"""The phase machine decides the same thing for the same observations (restart safety)."""
+
+from capstan.operator.phases import Action, PodObservation, PodState, TaskObservation, decide
+
+
+def obs(**kw):
+    base = dict(phase="normal", attempt=0, failovers=0, admitted=True, stop_requested=False, deleting=False,
+                pod=PodObservation.absent())
+    base.update(kw)
+    return TaskObservation(**base)
+
+
+def test_queued_task_waits():
+    assert decide(obs(admitted=False)).action is Action.none
+
+
+def test_admitted_task_gets_attempt_one():
+    d = decide(obs())
+    assert d.action is Action.create_pod and d.attempt == 1 and d.status["attempt"] == 1
+
+
+def test_running_worker_is_left_alone():
+    assert decide(obs(phase="recording", attempt=1, pod=PodObservation(PodState.running, 1))).action is Action.none
+
+
+def test_failed_worker_fails_over_with_next_attempt():
+    d = decide(obs(phase="recording", attempt=1, pod=PodObservation(PodState.failed, 1, exit_code=137)))
+    assert d.action is Action.replace_pod and d.attempt == 2
+    assert d.status["failovers"] == 1 and d.event[1] == "Failover"
+
+
+def test_vanished_worker_fails_over():
+    d = decide(obs(phase="recording", attempt=2, failovers=1))
+    assert d.action is Action.replace_pod and d.attempt == 3
+
+
+def test_failovers_are_bounded():
+    d = decide(obs(phase="recording", attempt=4, failovers=3, pod=PodObservation(PodState.failed, 4, exit_code=1)))
+    assert d.action is Action.fail and d.status["phase"] == "failed"
+    assert "3 failovers" in d.status["result"]["errorMessage"]
+
+
+def test_success_finishes_or_waits_for_callbacks():
+    done = PodObservation(PodState.succeeded, 1, exit_code=0)
+    assert decide(obs(phase="upload", attempt=1, pod=done)).status["phase"] == "finished"
+    d = decide(obs(phase="upload", attempt=1, pod=done, callbacks_pending=2))
+    assert d.action is Action.await_callbacks and d.status["phase"] == "callback"
+
+
+def test_stop_before_start_cancels():
+    d = decide(obs(stop_requested=True))
+    assert d.status["phase"] == "canceled"
+
+
+def test_terminal_is_final():
+    assert decide(obs(phase="finished", attempt=1)).action is Action.none
