@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema
 
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
 
@@ -73,9 +74,21 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
+class _WithFactoryDefaults(GenerateJsonSchema):
+    """Also publish defaults made by a default_factory, so the API server fills them in
+    (and CEL rules can rely on lists and nested objects being there)."""
+
+    def default_schema(self, schema: Any) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            schema = {k: v for k, v in schema.items() if k != "default_factory"}
+            schema["default"] = factory()
+        return super().default_schema(schema)
+
+
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     """The model's structural OpenAPI v3 schema with camelCase names."""
-    raw = model.model_json_schema(by_alias=True, mode="validation")
+    raw = model.model_json_schema(by_alias=True, mode="validation", schema_generator=_WithFactoryDefaults)
     defs = raw.get("$defs", {})
     schema = _structural(raw, defs)
     # A condition or file may carry extra keys written by newer workers: keep them.
