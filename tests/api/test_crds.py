@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from capstan.api import KINDS
-from capstan.api.crdgen import render
 from capstan.api.common import GROUP
+from capstan.api.crdgen import render
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 

@@ -24,8 +24,8 @@ BASE = datetime(2024, 5, 1, 10, 0, 0, tzinfo=UTC)
 SDKAPPID, ROOM = 1400000001, 4321
 AUDIO_RATE = 48000
 TS_HZ = 90000
-# ffmpeg's AAC encoder emits one frame of priming before the first real sample.
-AAC_PRIMING_TICKS = 1024 * TS_HZ // AUDIO_RATE
+# ffmpeg's AAC encoder emits one frame (1024 samples) of priming before the first real sample.
+AAC_PRIMING_SAMPLES = 1024
 
 
 @dataclass(frozen=True)
@@ -76,18 +76,19 @@ def write_video(
 def write_audio(
     directory: Path, user: str, runs: list[Run], *, tone_hz: float, segment_seconds: float = 2.0,
     beeps: tuple[float, ...] = (), beep_seconds: float = 0.2, amplitude: float = 0.3,
+    rate: int = AUDIO_RATE,
 ) -> list[Written]:
     """A continuous sine of ``tone_hz``; with ``beeps``, silence except during each beep."""
     written: list[Written] = []
     for run in runs:
         buf = io.BytesIO()
         with av.open(buf, "w", format="mpegts") as holder:
-            stream = holder.add_stream("aac", rate=AUDIO_RATE)
+            stream = holder.add_stream("aac", rate=rate)
             stream.layout = "mono"
-            total = round(run.seconds * AUDIO_RATE)
+            total = round(run.seconds * rate)
             for first in range(0, total, 1024):
                 n = np.arange(first, min(first + 1024, total))
-                wall = run.start + n / AUDIO_RATE
+                wall = run.start + n / rate
                 wave = amplitude * np.sin(2 * np.pi * tone_hz * wall)
                 if beeps:
                     gate = np.zeros_like(wave)
@@ -96,12 +97,12 @@ def write_audio(
                     wave = wave * gate
                 frame = av.AudioFrame.from_ndarray(wave.astype(np.float32)[None, :], format="fltp",
                                                    layout="mono")
-                frame.sample_rate, frame.pts = AUDIO_RATE, first
-                frame.time_base = Fraction(1, AUDIO_RATE)
+                frame.sample_rate, frame.pts = rate, first
+                frame.time_base = Fraction(1, rate)
                 holder.mux(stream.encode(frame))
             holder.mux(stream.encode(None))
         written += _cut(buf, "audio", directory, user, "main", run, segment_seconds,
-                        content_offset=AAC_PRIMING_TICKS)
+                        content_offset=AAC_PRIMING_SAMPLES * TS_HZ / rate)
     return written
 
 
@@ -113,7 +114,7 @@ def _solid(size: tuple[int, int], color: tuple[int, int, int]) -> av.VideoFrame:
 
 def _cut(
     buf: io.BytesIO, track: str, directory: Path, user: str, media: str, run: Run,
-    segment_seconds: float, *, content_offset: int, size: tuple[int, int] | None = None,
+    segment_seconds: float, *, content_offset: float, size: tuple[int, int] | None = None,
 ) -> list[Written]:
     buf.seek(0)
     with av.open(buf, format="mpegts") as source:
