@@ -3,6 +3,7 @@ against the real local API server (uses the session ``pod_runner`` from tests/co
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -123,7 +124,9 @@ def test_resolve_env_field_refs() -> None:
         "IP": "status.podIP",
         "HOST": "status.hostIP",
     }
-    env = _resolve({"name": "c", "env": [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}} for k, v in paths.items()]})
+    env = _resolve(
+        {"name": "c", "env": [{"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}} for k, v in paths.items()]}
+    )
     assert env == {
         "N": "p",
         "NS": "ns1",
@@ -457,7 +460,9 @@ def test_graceful_delete_sends_sigterm_and_removes_pod(core: Any, namespace: str
 
 
 def test_delete_kills_after_grace_period(core: Any, namespace: str, pod_runner: PodRunner) -> None:
-    script = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    script = (
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(600)"
+    )
     core.create_namespaced_pod(namespace, _pod("stubborn", script))
     _wait(_phase(core, namespace, "stubborn", "Running"), 15, "stubborn to run")
     _wait(lambda: "up" in _log(pod_runner, namespace, "stubborn"), 10, "SIGTERM ignored")
@@ -502,7 +507,5 @@ def test_restarted_runner_marks_orphaned_running_pod_failed(
     finally:
         from kubernetes.client.exceptions import ApiException
 
-        try:
+        with contextlib.suppress(ApiException):
             core.delete_node(node)
-        except ApiException:
-            pass
