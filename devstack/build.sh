@@ -14,9 +14,9 @@ export GOTOOLCHAIN=local
 
 log() { printf '[devstack build] %s\n' "$*" >&2; }
 
-# wrapper_build NAME VERSION MAIN_GO REQUIRE_LINES REPLACE_LINES
+# wrapper_build NAME VERSION MAIN_GO REQUIRE_LINES REPLACE_LINES [EXTRA_LDFLAGS]
 wrapper_build() {
-  local name=$1 version=$2 main_go=$3 requires=$4 replaces=$5
+  local name=$1 version=$2 main_go=$3 requires=$4 replaces=$5 ldflags="-s -w ${6:-}"
   local out=$bin/$name-$version
   [ -x "$out" ] && return 0
   log "building $name $version (first run only; several minutes on 2 cores)"
@@ -34,7 +34,7 @@ $requires
 
 $replaces
 MOD
-  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags='-s -w' -o "$out.tmp" . && mv "$out.tmp" "$out")
+  (cd "$dir" && go mod tidy >/dev/null && go build -trimpath -ldflags="$ldflags" -o "$out.tmp" . && mv "$out.tmp" "$out")
   log "built $out"
 }
 
@@ -72,7 +72,20 @@ import (
 	"k8s.io/kubernetes/cmd/kube-apiserver/app"
 )
 
-func main() { os.Exit(cli.Run(app.NewAPIServerCommand())) }' "	k8s.io/kubernetes $KUBERNETES_VERSION" "$replaces"
+func main() { os.Exit(cli.Run(app.NewAPIServerCommand())) }' "	k8s.io/kubernetes $KUBERNETES_VERSION" "$replaces" "$(k8s_version_ldflags)"
+}
+
+# Stamp the version the way Kubernetes' own build does, so /version and clients see v1.X.Y
+# instead of v0.0.0-master.
+k8s_version_ldflags() {
+  local minor=${KUBERNETES_VERSION#v1.}
+  minor=${minor%%.*}
+  local pkg flags=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    flags+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  printf '%s' "$flags"
 }
 
 go_install() {
