@@ -12,6 +12,7 @@ import contextlib
 import io
 import shutil
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -50,8 +51,17 @@ def close(color: tuple[int, int, int] | None, expected: tuple[int, int, int]) ->
     return color is not None and all(abs(a - b) <= 12 for a, b in zip(color, expected, strict=True))
 
 
+@dataclass
+class Recordings:
+    both: Path
+    bob_only: Path
+    alice1: datetime  # first-segment utc of each expected section
+    alice2: datetime
+    bob: datetime
+
+
 @pytest.fixture(scope="module")
-def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def recordings(tmp_path_factory: pytest.TempPathFactory) -> Recordings:
     root = tmp_path_factory.mktemp("recordings")
     both = root / "both"
     both.mkdir()
@@ -60,30 +70,27 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     write_video(both, "alice", "aux", [Run(24, 4)], color=GREEN)
     bob_audio = write_audio(both, "bob???", [Run(0, 6)], tone_hz=880)
     write_video(both, "bob???", "aux", [Run(0, 6)], color=YELLOW)
-    # Audio's first packet (AAC priming) is the earliest segment start of every section.
-    starts = {
-        "alice1": alice_audio[0].start, "alice2": alice_audio[2].start, "bob": bob_audio[0].start,
-    }
     bob_only = root / "bob_only"
     bob_only.mkdir()
     for path in both.glob(f"*{BOB}*"):
         shutil.copy(path, bob_only / path.name)
-    return {"both": both, "bob_only": bob_only, **{k: v for k, v in starts.items()}}  # type: ignore[dict-item]
+    # Audio's first packet (AAC priming) is the earliest segment start of every section.
+    return Recordings(both, bob_only, alice_audio[0].start, alice_audio[2].start, bob_audio[0].start)
 
 
-def name(user: str, start) -> str:
+def name(user: str, start: datetime) -> str:
     return f"{user}_{naming.format_utc(start)}.mp4"
 
 
 @pytest.fixture(scope="module")
 def per_section(recordings, tmp_path_factory) -> Result:
-    return run_merge("-f", str(recordings["both"]), "-o", str(tmp_path_factory.mktemp("m0")))
+    return run_merge("-f", str(recordings.both), "-o", str(tmp_path_factory.mktemp("m0")))
 
 
 def test_per_section_files_names_and_durations(per_section, recordings):
     assert per_section.code == 0, per_section.stderr
-    a1, a2, b = (name(ALICE, recordings["alice1"]), name(ALICE, recordings["alice2"]),
-                 name(BOB, recordings["bob"]))
+    a1, a2, b = (name(ALICE, recordings.alice1), name(ALICE, recordings.alice2),
+                 name(BOB, recordings.bob))
     assert sorted(per_section.outputs) == sorted([a1, a2, b])
     first, second, bob = (tracks(per_section.outputs[n]) for n in (a1, a2, b))
     assert first.video == pytest.approx(4.0, abs=TOLERANCE)
@@ -98,7 +105,7 @@ def test_per_section_files_names_and_durations(per_section, recordings):
 
 
 def test_per_section_content_and_the_gap_inside_a_section(per_section, recordings):
-    second = per_section.outputs[name(ALICE, recordings["alice2"])]
+    second = per_section.outputs[name(ALICE, recordings.alice2)]
     assert close(rgb_at(second, 2.0), RED)
     assert tone_at(second, 1.0, 2.0)[0] == pytest.approx(440, abs=5)
     # Wall 33 s is in the 10 s gap: black and silent.
@@ -107,7 +114,7 @@ def test_per_section_content_and_the_gap_inside_a_section(per_section, recording
     # Wall 40 s comes from the ha1_ files.
     assert close(rgb_at(second, 16.0), RED)
     assert tone_at(second, 15.5, 16.5)[0] == pytest.approx(440, abs=5)
-    bob = per_section.outputs[name(BOB, recordings["bob"])]
+    bob = per_section.outputs[name(BOB, recordings.bob)]
     assert tone_at(bob, 1.0, 2.0)[0] == pytest.approx(880, abs=5)
 
 
@@ -118,10 +125,10 @@ def test_progress_lines_when_stderr_is_not_a_terminal(per_section):
 
 
 def test_per_user_fills_the_blank(recordings, tmp_path):
-    result = run_merge("-f", str(recordings["both"]), "-o", str(tmp_path), "-m", "1")
+    result = run_merge("-f", str(recordings.both), "-o", str(tmp_path), "-m", "1")
     assert result.code == 0, result.stderr
-    assert sorted(result.outputs) == sorted([name(ALICE, recordings["alice1"]), name(BOB, recordings["bob"])])
-    alice = result.outputs[name(ALICE, recordings["alice1"])]
+    assert sorted(result.outputs) == sorted([name(ALICE, recordings.alice1), name(BOB, recordings.bob)])
+    alice = result.outputs[name(ALICE, recordings.alice1)]
     info = tracks(alice)
     assert info.video == pytest.approx(42.0, abs=TOLERANCE)
     assert info.audio == pytest.approx(42.0, abs=TOLERANCE)
@@ -132,9 +139,9 @@ def test_per_user_fills_the_blank(recordings, tmp_path):
 
 
 def test_per_user_drops_the_blank_with_s(recordings, tmp_path):
-    result = run_merge("-f", str(recordings["both"]), "-o", str(tmp_path), "-m", "1", "-s")
+    result = run_merge("-f", str(recordings.both), "-o", str(tmp_path), "-m", "1", "-s")
     assert result.code == 0, result.stderr
-    alice = result.outputs[name(ALICE, recordings["alice1"])]
+    alice = result.outputs[name(ALICE, recordings.alice1)]
     info = tracks(alice)
     # 4 s + 18 s: the 20 s blank between sections is gone, the 10 s gap inside one stays.
     assert info.video == pytest.approx(22.0, abs=TOLERANCE)
@@ -146,49 +153,49 @@ def test_per_user_drops_the_blank_with_s(recordings, tmp_path):
 
 
 def test_audio_with_auto_picks_main_else_aux(recordings, tmp_path):
-    result = run_merge("-f", str(recordings["both"]), "-o", str(tmp_path), "-a", "1")
+    result = run_merge("-f", str(recordings.both), "-o", str(tmp_path), "-a", "1")
     assert result.code == 0, result.stderr
-    assert close(rgb_at(result.outputs[name(ALICE, recordings["alice2"])], 1.0), RED)
-    assert close(rgb_at(result.outputs[name(BOB, recordings["bob"])], 1.0), YELLOW)
+    assert close(rgb_at(result.outputs[name(ALICE, recordings.alice2)], 1.0), RED)
+    assert close(rgb_at(result.outputs[name(BOB, recordings.bob)], 1.0), YELLOW)
 
 
 def test_audio_with_aux(recordings, tmp_path):
-    result = run_merge("-f", str(recordings["both"]), "-o", str(tmp_path), "-a", "2")
+    result = run_merge("-f", str(recordings.both), "-o", str(tmp_path), "-a", "2")
     assert result.code == 0, result.stderr
-    second = result.outputs[name(ALICE, recordings["alice2"])]
+    second = result.outputs[name(ALICE, recordings.alice2)]
     assert close(rgb_at(second, 1.0), GREEN)
     assert close(rgb_at(second, 16.0), BLACK)  # no aux there; main is ignored
     # alice's first section has audio only; with -a 2 it keeps a black picture.
-    assert close(rgb_at(result.outputs[name(ALICE, recordings["alice1"])], 1.0), BLACK)
-    assert close(rgb_at(result.outputs[name(BOB, recordings["bob"])], 1.0), YELLOW)
+    assert close(rgb_at(result.outputs[name(ALICE, recordings.alice1)], 1.0), BLACK)
+    assert close(rgb_at(result.outputs[name(BOB, recordings.bob)], 1.0), YELLOW)
 
 
 def test_fps_is_clamped_and_resolution_applied(recordings, tmp_path):
-    result = run_merge("-f", str(recordings["bob_only"]), "-o", str(tmp_path), "-a", "1",
+    result = run_merge("-f", str(recordings.bob_only), "-o", str(tmp_path), "-a", "1",
                        "-p", "200", "-r", "96", "72")
     assert result.code == 0, result.stderr
     assert "clamped to 120" in result.stderr
-    info = tracks(result.outputs[name(BOB, recordings["bob"])])
+    info = tracks(result.outputs[name(BOB, recordings.bob)])
     assert info.fps == 120.0
     assert info.size == (96, 72)
     assert info.video == pytest.approx(6.0, abs=TOLERANCE)
 
 
 def test_low_fps_is_clamped_to_5(recordings, tmp_path):
-    result = run_merge("-f", str(recordings["bob_only"]), "-o", str(tmp_path), "-a", "1", "-p", "1")
+    result = run_merge("-f", str(recordings.bob_only), "-o", str(tmp_path), "-a", "1", "-p", "1")
     assert result.code == 0, result.stderr
-    assert tracks(result.outputs[name(BOB, recordings["bob"])]).fps == 5.0
+    assert tracks(result.outputs[name(BOB, recordings.bob)]).fps == 5.0
 
 
 def test_damaged_segment_is_reported_and_the_rest_merged(recordings, tmp_path):
     source = tmp_path / "in"
-    shutil.copytree(recordings["bob_only"], source)
+    shutil.copytree(recordings.bob_only, source)
     victim = sorted(source.glob("*aux_video_*.ts"))[1]
     victim.write_bytes(b"\x00garbage" * 500)
     result = run_merge("-f", str(source), "-o", str(tmp_path / "out"), "-a", "1")
     assert result.code == 3
     assert f"damaged segment, skipped: {victim}" in result.stderr
-    out = result.outputs[name(BOB, recordings["bob"])]
+    out = result.outputs[name(BOB, recordings.bob)]
     assert tracks(out).audio == pytest.approx(6.0, abs=TOLERANCE)
     assert close(rgb_at(out, 1.0), YELLOW)
     assert close(rgb_at(out, 3.0), BLACK)  # the damaged 2-4 s piece is black, not a frozen frame
