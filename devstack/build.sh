@@ -9,6 +9,10 @@ cache=${CAPSTAN_CACHE:-$HOME/.cache/capstan}
 bin=$cache/bin
 work=$cache/build
 mkdir -p "$bin" "$work"
+# One build at a time (two `stack up` calls on a fresh machine): the second waits, then finds
+# the binaries built.
+exec 9>"$cache/build.lock"
+flock 9
 export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 export GOTOOLCHAIN=local
 

@@ -574,14 +574,18 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _pid_is(pid: int, comp: Component) -> bool:
-    """The pid still runs the program we started (guards against pid reuse)."""
+    """The pid still runs the program we started (guards against pid reuse).
+
+    Compares the command line, not /proc/<pid>/exe, so a rebuilt binary does not orphan a
+    process started from the previous one (redis-server rewrites its title, hence the split).
+    """
     try:
-        exe = os.readlink(f"/proc/{pid}/exe")
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    exe = exe.removesuffix(" (deleted)")
+    argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace").split(" ", 1)[0]
     expected = comp.program()
-    return exe == os.path.realpath(shutil.which(expected) or expected)
+    return argv0 == expected or os.path.basename(argv0) == os.path.basename(expected)
 
 
 def running_pid(paths: Paths, name: str) -> int | None:
