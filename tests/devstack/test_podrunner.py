@@ -509,3 +509,39 @@ def test_restarted_runner_marks_orphaned_running_pod_failed(
 
         with contextlib.suppress(ApiException):
             core.delete_node(node)
+
+
+def test_force_delete_kills_processes(core: Any, namespace: str, pod_runner: PodRunner) -> None:
+    core.create_namespaced_pod(namespace, _pod("forced", "import time; time.sleep(600)"))
+    _wait(_phase(core, namespace, "forced", "Running"), 15, "forced to run")
+    pid = _wait(lambda: pod_runner.container_pid(namespace, "forced"), 5, "pid file")
+    core.delete_namespaced_pod("forced", namespace, grace_period_seconds=0)  # the object goes at once
+    _wait(lambda: not os.path.exists(f"/proc/{pid}"), 10, "the process to be killed")
+    assert pod_runner.container_pid(namespace, "forced") is None
+
+
+def test_cli_runs_pods_and_leaves_no_orphans_on_sigterm(
+    core: Any, namespace: str, stack: Any, tmp_path: Any
+) -> None:
+    import subprocess
+
+    node = f"devstack-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "KUBECONFIG": stack.kubeconfig}
+    cmd = [sys.executable, "-m", "devstack.podrunner", "--state-dir", str(tmp_path), "--namespace", namespace,
+           "--node-name", node]
+    log = (tmp_path / "runner.log").open("wb")
+    runner = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        core.create_namespaced_pod(namespace, _pod("cli", "import time; time.sleep(600)", nodeName=node))
+        _wait(_phase(core, namespace, "cli", "Running"), 20, "the CLI runner to run the pod")
+        pid = _wait(lambda: container_pid(namespace, "cli", state_dir=tmp_path), 5, "pid file")
+        runner.send_signal(signal.SIGTERM)
+        assert runner.wait(15) == 0
+        assert not os.path.exists(f"/proc/{pid}")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        from kubernetes.client.exceptions import ApiException
+
+        with contextlib.suppress(ApiException):
+            core.delete_node(node)
