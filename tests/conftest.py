@@ -4,64 +4,22 @@ the pod runner playing the kubelet, and the operator run as a real process."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+
+from devstack.harness import OperatorProcess, install_crds, wait_for
 
 pytest_plugins = ["devstack.pytest_plugin"]
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 60, interval: float = 0.5, what: str = "") -> Any:
-    """Poll until predicate() is truthy; fail naming what we waited for."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate} (last: {last!r})")
+__all__ = ["wait_for"]
 
 
 @pytest.fixture(scope="session")
 def crds(kube_api) -> list[str]:
-    """Install (or update) the generated CRDs and wait until they are Established."""
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    ext = client.ApiextensionsV1Api(kube_api)
-    names = []
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        crd = yaml.safe_load(path.read_text())
-        name = crd["metadata"]["name"]
-        names.append(name)
-        try:
-            ext.create_custom_resource_definition(crd, _request_timeout=30)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            current = ext.read_custom_resource_definition(name, _request_timeout=30)
-            crd["metadata"]["resourceVersion"] = current.metadata.resource_version
-            ext.replace_custom_resource_definition(name, crd, _request_timeout=30)
-
-    def established():
-        for name in names:
-            conds = ext.read_custom_resource_definition(name, _request_timeout=30).status.conditions or []
-            if not any(c.type == "Established" and c.status == "True" for c in conds):
-                return False
-        return True
-
-    wait_for(established, 30, what="CRDs established")
-    time.sleep(1)  # discovery catches up
-    return names
+    """The generated CRDs, installed in the real API server."""
+    return install_crds(kube_api)
 
 
 @pytest.fixture(scope="session")
@@ -72,36 +30,6 @@ def pod_runner(stack) -> Iterator[Any]:
     runner.start()
     yield runner
     runner.stop()
-
-
-class OperatorProcess:
-    """The operator as a real process, scoped to one namespace so tests do not see each other's tasks."""
-
-    def __init__(self, namespace: str, env: dict[str, str], log_path: Path):
-        self.namespace, self.env, self.log_path = namespace, env, log_path
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "capstan.operator", "--standalone", "--namespace", self.namespace],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
-    def stop(self, kill: bool = False) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill() if kill else self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-    def restart(self, kill: bool = True) -> None:
-        self.stop(kill=kill)
-        self.start()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @pytest.fixture
