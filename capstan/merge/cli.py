@@ -94,12 +94,12 @@ def _merge(
 
     segments = []
     for item in found.segments:
+        assert item.name.track is not None and item.name.start is not None  # single-stream segments
         try:
             info = probe(item.path, item.name.track)
         except DamagedSegment as exc:
             report(item.path, str(exc))
             continue
-        assert item.name.start is not None
         segments.append(plan.Segment(item.path, item.name, item.name.start.timestamp(), info.duration,
                                      info.media_start, info.width, info.height))
     plans = plan.plan_outputs(plan.group_by_user(segments), plan.MergeMode(args.mode),

@@ -67,7 +67,7 @@ def probe(path: str, track: TrackType) -> MediaInfo:
                 raise DamagedSegment("no media packets")
             tb = stream.time_base
             duration = float((last_end - first) * tb)
-            if track is TrackType.VIDEO:
+            if isinstance(stream, av.VideoStream):
                 duration = max(duration, _video_span(pts_seen, tb, stream))
                 ctx = stream.codec_context
                 return MediaInfo(float(first * tb), duration, ctx.width or None, ctx.height or None)
@@ -76,12 +76,12 @@ def probe(path: str, track: TrackType) -> MediaInfo:
         raise DamagedSegment(str(exc)) from exc
 
 
-def _video_span(pts: list[int], tb: Fraction, stream: av.video.stream.VideoStream) -> float:
+def _video_span(pts: list[int], tb: Fraction, stream: av.VideoStream) -> float:
     """TS video packets often carry no duration: last pts plus one frame interval."""
     ordered = sorted(set(pts))
     if len(ordered) >= 2:
         steps = np.diff(np.array(ordered, dtype=np.int64))
-        frame = float(np.median(steps) * tb)
+        frame = float(np.median(steps)) * float(tb)
     else:
         rate = stream.average_rate or stream.guessed_rate
         frame = float(1 / rate) if rate else 0.0
@@ -140,23 +140,34 @@ def _interleave(steps: list[Iterator[float]], total: float, on_progress: OnProgr
             on_progress(min(min((clocks[i] for i in live), default=total), total))
 
 
-def _decoded(segment: Segment, kind: str, on_damaged: OnDamaged) -> Iterator[av.frame.Frame]:
+def _decoded(segment: Segment, kind: str, on_damaged: OnDamaged) -> Iterator[av.VideoFrame | av.AudioFrame]:
     """Frames of one segment; a decoding error reports the segment and ends it there."""
     try:
         with av.open(segment.path, timeout=OPEN_TIMEOUT_SECONDS) as container:
             streams = container.streams.video if kind == "video" else container.streams.audio
             if not streams:
                 raise DamagedSegment(f"no {kind} stream")
-            streams[0].thread_type = "AUTO"
+            if isinstance(streams[0], av.VideoStream):
+                streams[0].thread_type = "AUTO"
             for frame in container.decode(streams[0]):
-                if frame.pts is not None:
+                if isinstance(frame, av.VideoFrame | av.AudioFrame) and frame.pts is not None:
                     yield frame
     except (av.FFmpegError, DamagedSegment) as exc:
         on_damaged(segment, str(exc))
 
 
-def _wall(segment: Segment, frame: av.frame.Frame) -> float:
-    return segment.start + (float(frame.time) - segment.media_start)
+def _video_frames(segment: Segment, on_damaged: OnDamaged) -> Iterator[av.VideoFrame]:
+    return (f for f in _decoded(segment, "video", on_damaged) if isinstance(f, av.VideoFrame))
+
+
+def _audio_frames(segment: Segment, on_damaged: OnDamaged) -> Iterator[av.AudioFrame]:
+    return (f for f in _decoded(segment, "audio", on_damaged) if isinstance(f, av.AudioFrame))
+
+
+def _wall(segment: Segment, frame: av.VideoFrame | av.AudioFrame) -> float:
+    media_time = frame.time
+    assert media_time is not None  # frames without pts never get here
+    return segment.start + (media_time - segment.media_start)
 
 
 def _video_steps(
@@ -190,7 +201,7 @@ def _video_steps(
 
     for span, segment in _segments_in_order(plan.spans, "video"):
         hold_until = span.to_output(segment.end) + VIDEO_HOLD_SECONDS
-        for frame in _decoded(segment, "video", on_damaged):
+        for frame in _video_frames(segment, on_damaged):
             t_out = span.to_output(_wall(segment, frame))
             if t_out < shown_at:  # overlapping (e.g. recovered) segment: never step back in time
                 continue
@@ -228,7 +239,7 @@ def _audio_runs(segment: Segment, on_damaged: OnDamaged) -> Iterator[tuple[float
     """Split a segment at timestamp holes; each run is resampled to the output format whole."""
     run: list[av.AudioFrame] = []
     expected = None
-    for frame in _decoded(segment, "audio", on_damaged):
+    for frame in _audio_frames(segment, on_damaged):
         wall = _wall(segment, frame)
         if run and expected is not None and abs(wall - expected) > AUDIO_JITTER_SECONDS:
             yield _resampled(segment, run)
