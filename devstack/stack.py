@@ -732,6 +732,7 @@ def ensure_up(build_first: bool = True) -> StackEnv:
             if name == "kube-apiserver" and "etcd" in pending:
                 pid, offset = pending.pop("etcd")
                 _wait_healthy(paths, COMPONENTS["etcd"], pid, offset, START_TIMEOUTS["etcd"])
+                log("etcd is healthy")
             res = _ensure_component(paths, name, started, reused)
             if res:
                 pending[name] = res
