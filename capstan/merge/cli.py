@@ -1,8 +1,9 @@
 """``capstan-merge``: merge single-stream recording files into one MP4 per user or per section.
 
 Options follow TRTC's merge script (seed 002); ``-f`` also takes ``s3://bucket/prefix``.
-Exit status: 0 all merged; 1 nothing to merge (missing directory, no recognisable files, S3
-error); 2 bad usage; 3 merged, but some segments were damaged and left out (each is reported).
+Exit status: 0 all merged; 1 failed (missing directory, no recognisable files, S3 error, an
+output that could not be written); 2 bad usage; 3 merged, but some segments were damaged and
+left out (each is reported).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import TextIO
+
+import av
 
 from capstan.merge import discovery, plan, s3
 from capstan.merge.encode import DamagedSegment, encode, probe
@@ -108,17 +111,30 @@ def _merge(
         err.write("capstan-merge: error: nothing to merge (every segment is damaged or filtered by -a)\n")
         return EXIT_FAILED
 
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.write(f"capstan-merge: error: cannot create {output_dir}: {exc}\n")
+        return EXIT_FAILED
+    size = (args.resolution[0], args.resolution[1]) if args.resolution else None
     progress = Progress(err)
+    failed = 0
     for number, output in enumerate(plans, 1):
         target = output_dir / output.file_name
         progress.start(f"[{number}/{len(plans)}] {output.file_name}", output.duration)
-        encode(output, str(target), fps=fps, size=tuple(args.resolution) if args.resolution else None,
-               on_damaged=lambda segment, reason: report(segment.path, reason),
-               on_progress=progress.update)
+        try:
+            encode(output, str(target), fps=fps, size=size,
+                   on_damaged=lambda segment, reason: report(segment.path, reason),
+                   on_progress=progress.update)
+        except (OSError, av.FFmpegError) as exc:
+            err.write(f"\ncapstan-merge: error: cannot write {target}: {exc}\n")
+            failed += 1
+            continue
         progress.finish()
         tracks = ("video" if output.has_video else "") + ("+audio" if output.has_audio else "")
         out.write(f"{target}\t{output.duration:.3f}s\t{tracks.strip('+')}\n")
+    if failed:
+        return EXIT_FAILED
     return EXIT_DAMAGED if damaged else EXIT_OK
 
 

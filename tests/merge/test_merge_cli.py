@@ -221,3 +221,11 @@ def test_usage_errors_return_2(tmp_path, capsys):
     assert main(["-f", str(tmp_path), "-m", "7"]) == 2
     assert main([]) == 2
     assert main(["-f", str(tmp_path), "-r", "0", "10"]) == 2
+
+
+def test_unwritable_output_is_an_error(recordings, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_merge("-f", str(recordings.bob_only), "-o", str(blocker / "out"))
+    assert result.code == 1
+    assert "cannot create" in result.stderr
