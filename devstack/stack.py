@@ -434,6 +434,36 @@ def probe_redis() -> bool:
     return _ok(check)
 
 
+def _api_create(paths: Paths, path: str, body: dict[str, object]) -> None:
+    """POST an object as admin; an existing one (409) is fine."""
+    req = urllib.request.Request(
+        f"https://{LOOPBACK}:{port('apiserver')}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10, context=_admin_ssl_context(paths)):  # noqa: S310
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code != 409:
+            raise StackError(f"POST {path} failed: {e.code} {e.read()[:300]!r}") from e
+
+
+def prepare_builtin_namespaces(paths: Paths) -> None:
+    """Do what kube-controller-manager would for the built-in namespaces (it does not run here):
+    a ``default`` ServiceAccount (ServiceAccount admission refuses Pods without one) and the
+    ``kube-root-ca.crt`` ConfigMap. Test namespaces get the same from the ``namespace`` fixture."""
+    ca_pem = paths.pki_file("ca.crt").read_text()
+    for ns in ("default", "kube-system", "kube-public"):
+        _api_create(paths, f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "default"}})
+        _api_create(
+            paths,
+            f"/api/v1/namespaces/{ns}/configmaps",
+            {"metadata": {"name": "kube-root-ca.crt"}, "data": {"ca.crt": ca_pem}},
+        )
+
+
 def port_in_use(p: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -739,6 +769,7 @@ def ensure_up(build_first: bool = True) -> StackEnv:
         for name, (pid, offset) in pending.items():
             _wait_healthy(paths, COMPONENTS[name], pid, offset, START_TIMEOUTS[name])
             log(f"{name} is healthy")
+        prepare_builtin_namespaces(paths)
         if started:
             log(
                 f"stack up in {time.monotonic() - t0:.1f} s (started: {', '.join(started)}"

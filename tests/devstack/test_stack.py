@@ -49,6 +49,8 @@ def test_admin_kubeconfig_is_cluster_admin(kube_api: client.ApiClient) -> None:
     assert "system:masters" in review.status.user_info.groups
     names = {ns.metadata.name for ns in client.CoreV1Api(kube_api).list_namespace().items}
     assert {"default", "kube-system"} <= names
+    # `up` plays the controllers for the built-in namespaces: Pods in `default` are admitted.
+    assert client.CoreV1Api(kube_api).read_namespaced_service_account("default", "default")
 
 
 def test_serviceaccount_token_authenticates_and_rbac_authorizes(
