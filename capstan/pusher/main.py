@@ -7,4 +7,4 @@ from capstan.worker.placeholder import run_until_stopped
 
 
 def run(worker: Worker) -> int:
-    return run_until_stopped(worker, "pushing", "pusher worker running (media pipeline not built yet)")
+    return run_until_stopped(worker, "idle", "pusher worker running (media pipeline not built yet)")

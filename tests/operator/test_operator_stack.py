@@ -92,7 +92,7 @@ def worker_api(namespace: str, pod: str) -> client.CustomObjectsApi:
 def test_worker_runs_with_its_own_narrow_identity(operator, tasks, namespace):
     tasks.create(recording("alpha"))
     tasks.create(recording("beta", stop=True))  # another task, never started
-    st = tasks.wait_phase("alpha", "recording")
+    st = tasks.wait_phase("alpha", "idle")
     assert st["attempt"] == 1 and st["taskId"] and st["room"] == "1234"
     assert st["workerPod"] == "alpha-crec-a1"
     assert "attempt 1" in st["message"]  # written by the worker itself
@@ -135,11 +135,11 @@ def test_worker_runs_with_its_own_narrow_identity(operator, tasks, namespace):
 
 def test_killed_worker_is_replaced_by_attempt_two(operator, tasks, namespace):
     tasks.create(recording("gamma"))
-    tasks.wait_phase("gamma", "recording")
+    tasks.wait_phase("gamma", "idle")
     task_id = tasks.status("gamma")["taskId"]
     wait_for(lambda: podrunner.container_pid(namespace, "gamma-crec-a1"), 30, what="worker pid")
     podrunner.kill_container(namespace, "gamma-crec-a1", sig=signal.SIGKILL)
-    st = wait_for(lambda: (s := tasks.status("gamma")).get("attempt") == 2 and s.get("phase") == "recording"
+    st = wait_for(lambda: (s := tasks.status("gamma")).get("attempt") == 2 and s.get("phase") == "idle"
                   and s, 60, what="attempt 2 recording")
     assert st["taskId"] == task_id and st["failovers"] == 1 and st["workerPod"] == "gamma-crec-a2"
     assert "attempt 2" in st["message"]
@@ -163,7 +163,7 @@ def test_failovers_are_bounded_and_end_in_failed(operator_factory, tasks, namesp
 
 def test_delete_waits_for_the_worker_to_stop(operator, tasks, namespace):
     tasks.create(recording("epsilon"))
-    tasks.wait_phase("epsilon", "recording")
+    tasks.wait_phase("epsilon", "idle")
     tasks.delete("epsilon")
     # Still there, held by the finalizer, while the worker finishes.
     obj = tasks.get("epsilon")
@@ -179,12 +179,12 @@ def test_delete_waits_for_the_worker_to_stop(operator, tasks, namespace):
 
 def test_operator_restart_neither_loses_nor_duplicates(operator, tasks, namespace):
     tasks.create(recording("zeta"))
-    before = tasks.wait_phase("zeta", "recording")
+    before = tasks.wait_phase("zeta", "idle")
     operator.restart(kill=True)
     tasks.create(recording("eta"))
-    tasks.wait_phase("eta", "recording")
+    tasks.wait_phase("eta", "idle")
     after = tasks.status("zeta")
-    assert after["taskId"] == before["taskId"] and after["attempt"] == 1 and after["phase"] == "recording"
+    assert after["taskId"] == before["taskId"] and after["attempt"] == 1 and after["phase"] == "idle"
     pods = tasks.core.list_namespaced_pod(namespace, label_selector="capstan.dev/task=zeta",
                                           _request_timeout=30).items
     assert [p.metadata.name for p in pods] == ["zeta-crec-a1"]
@@ -219,7 +219,7 @@ def test_queue_beyond_the_quota(operator_factory, tasks, namespace):
     assert "1 in queue" in queued[0]["status"]["message"]
     tasks.patch_spec("q000", {"stop": True})
     tasks.wait_phase("q000", "finished", timeout=120)
-    st = wait_for(lambda: (s := tasks.status(waiting)).get("phase") == "recording" and s, 120,
+    st = wait_for(lambda: (s := tasks.status(waiting)).get("phase") == "idle" and s, 120,
                   what="queued task admitted")
     assert any(c["type"] == "Admitted" and c["status"] == "True" for c in st["conditions"])
     # clean up: stop everything so the workers exit
