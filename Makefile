@@ -39,6 +39,7 @@ unit: venv
 # The whole suite against the real local stack (built on first run, reused after).
 test: stack-up
 	@$(PY) -m ruff check capstan devstack tests bench
+	@$(PY) -m mypy
 	@$(PY) -m pytest -q
 
 demo: stack-up

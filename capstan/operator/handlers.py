@@ -90,7 +90,7 @@ def _observe_pod(info: KindInfo, namespace: str, name: str, attempt: int) -> Pod
     return PodObservation(state, attempt=attempt, exit_code=exit_code, message=message)
 
 
-def _post(body: dict, event: tuple[str, str, str] | None) -> None:
+def _post(body: kopf.Body, event: tuple[str, str, str] | None) -> None:
     if event:
         kopf.event(body, type=event[0], reason=event[1], message=event[2])
 

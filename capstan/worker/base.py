@@ -75,8 +75,9 @@ class OwnResource:
         self.api = kubernetes.client.CustomObjectsApi(client or api_client())
 
     def get(self) -> dict[str, Any]:
-        return self.api.get_namespaced_custom_object(GROUP, VERSION, self.ctx.namespace, self.ctx.plural,
-                                                     self.ctx.name, _request_timeout=TIMEOUT)
+        obj = self.api.get_namespaced_custom_object(GROUP, VERSION, self.ctx.namespace, self.ctx.plural,
+                                                    self.ctx.name, _request_timeout=TIMEOUT)
+        return dict(obj)  # type: ignore[call-overload]
 
     def patch_status(self, status: dict[str, Any]) -> None:
         self.api.patch_namespaced_custom_object_status(
