@@ -120,7 +120,7 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
             "terminationGracePeriodSeconds": config.stop_grace_seconds,
             "containers": [{
                 "name": info.worker,
-                "image": config.worker_image,
+                "image": config.image_for(info.worker),
                 "command": [config.worker_python, "-m", "capstan.worker", info.worker],
                 "env": env,
                 "volumeMounts": [{"name": "work", "mountPath": "/work"}],

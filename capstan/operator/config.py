@@ -11,6 +11,8 @@ LABEL_TASK = f"{PREFIX}/task"
 LABEL_KIND = f"{PREFIX}/kind"
 LABEL_ATTEMPT = f"{PREFIX}/attempt"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
+WORKER_IMAGE_ENV = {"recorder": "CAPSTAN_WORKER_IMAGE_RECORDER", "pusher": "CAPSTAN_WORKER_IMAGE_PUSHER",
+                    "panorama": "CAPSTAN_WORKER_IMAGE_PANORAMA"}
 
 
 def _int(name: str, default: int) -> int:
@@ -32,6 +34,11 @@ class OperatorConfig:
     callback_timeout: float = 5.0
     callback_give_up_seconds: float = 90.0
     worker_env: dict[str, str] = field(default_factory=dict)
+    worker_images: dict[str, str] = field(default_factory=dict)  # per worker: recorder, pusher, panorama
+
+    def image_for(self, worker: str) -> str:
+        """Each worker kind has its own image (panorama carries Chromium); one image may serve all."""
+        return self.worker_images.get(worker, self.worker_image)
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -50,4 +57,5 @@ class OperatorConfig:
             stop_grace_seconds=_int("CAPSTAN_STOP_GRACE_SECONDS", 120),
             reconcile_interval=float(os.environ.get("CAPSTAN_RECONCILE_INTERVAL", "2.0")),
             worker_env=worker_env,
+            worker_images={w: os.environ[var] for w, var in WORKER_IMAGE_ENV.items() if os.environ.get(var)},
         )

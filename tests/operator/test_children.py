@@ -30,3 +30,12 @@ def test_long_names_are_shortened_with_a_hash():
     body = {**BODY, "metadata": {**BODY["metadata"], "name": "x" * 80}}
     name = children.pod_name(CLOUD_RECORDING, body["metadata"]["name"], 1)
     assert len(name) <= 63 and name != children.pod_name(CLOUD_RECORDING, "x" * 79, 1)
+
+
+def test_each_worker_kind_runs_its_own_image():
+    from capstan.api import WEB_RECORDING
+
+    cfg = OperatorConfig(worker_images={"recorder": "rec:1", "panorama": "pano:1"})
+    assert children.worker_pod(CLOUD_RECORDING, BODY, 1, cfg)["spec"]["containers"][0]["image"] == "rec:1"
+    web = {**BODY, "kind": "WebRecording"}
+    assert children.worker_pod(WEB_RECORDING, web, 1, cfg)["spec"]["containers"][0]["image"] == "pano:1"
