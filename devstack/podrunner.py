@@ -65,6 +65,8 @@ BACKOFF_MAX = 10.0
 BACKOFF_RESET_AFTER = 30.0
 #: Retry interval for containers waiting on a missing Secret/ConfigMap or volume.
 CONFIG_RETRY = 1.0
+#: How often Terminating namespaces are looked for (their Pods are deleted, see PodRunner._sweep).
+SWEEP_INTERVAL = 2.0
 SA_MOUNT_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 _PYTHON_RE = re.compile(r"^python(3(\.\d+)?)?$")
 _ENV_NAME_RE = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -438,6 +440,17 @@ def _status_code(exc: BaseException) -> int | None:
     return getattr(exc, "status", None)
 
 
+def _short(exc: BaseException) -> str:
+    """An API error as one line: status code and the Status message."""
+    body = getattr(exc, "body", None)
+    if body:
+        try:
+            return f"({exc.status}) {json.loads(body).get('message', '')}"  # type: ignore[attr-defined]
+        except (ValueError, AttributeError):
+            pass
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 @dataclass
 class _Container:
     spec: dict
@@ -493,6 +506,16 @@ class _PodWorker(threading.Thread):
         self._conditions: dict[str, tuple[str, str, str]] = {}
         self._last_status: dict | None = None
         self.status_extra: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    def _warn(self, msg: str, *args: object) -> None:
+        """Log a retry warning once; repeats of the same message go to debug."""
+        text = f"pod {self.ns}/{self.pod_name}: " + (msg % args if args else msg)
+        if text in self._warned:
+            log.debug("%s", text)
+        else:
+            self._warned.add(text)
+            log.warning("%s", text)
 
     # -- fed by the watcher ------------------------------------------------------------------
     def update(self, pod: dict) -> None:
@@ -532,7 +555,7 @@ class _PodWorker(threading.Thread):
             except Exception as exc:
                 if _status_code(exc) == 404:
                     return False
-                log.warning("pod %s/%s: get failed: %s", self.ns, self.pod_name, exc)
+                self._warn("get failed: %s", exc)
                 self._wake.wait(1)
                 continue
             meta, spec, status = pod["metadata"], pod["spec"], pod.get("status") or {}
@@ -562,7 +585,7 @@ class _PodWorker(threading.Thread):
                     r._bind(self.ns, self.pod_name, self.uid)
                 except Exception as exc:
                     if _status_code(exc) not in (409, 404):
-                        log.warning("pod %s/%s: bind failed: %s", self.ns, self.pod_name, exc)
+                        self._warn("bind failed: %s", _short(exc))
                         self._wake.wait(1)
                 continue  # bound (by us or someone else): look again, then claim
             # Claim it with an optimistic-concurrency patch, so that only one live runner runs it.
@@ -578,7 +601,7 @@ class _PodWorker(threading.Thread):
                 if _status_code(exc) == 404:
                     return False
                 if _status_code(exc) != 409:
-                    log.warning("pod %s/%s: claim failed: %s", self.ns, self.pod_name, exc)
+                    self._warn("claim failed: %s", _short(exc))
                     self._wake.wait(1)
                 continue
             self.update(claimed)
@@ -973,11 +996,11 @@ class _PodWorker(threading.Thread):
         try:
             token = r._request_token(self.pod)
         except Exception as exc:
-            log.warning("pod %s/%s: token request failed: %s", self.ns, self.pod_name, exc)
+            self._warn("token request failed: %s", _short(exc))
             for c in self.init_containers + self.containers:
                 if not c.running and not c.started_once:
                     c.state = {"waiting": {"reason": "ContainerCreating",
-                                           "message": f"serviceaccount token request failed: {exc}"}}
+                                           "message": f"serviceaccount token request failed: {_short(exc)}"}}
             self._wake.wait(CONFIG_RETRY)
             return
         self.token = token
@@ -1072,7 +1095,7 @@ class _PodWorker(threading.Thread):
                 if _status_code(exc) == 404:
                     self._gone = True
                 else:
-                    log.warning("pod %s/%s: status update failed: %s", self.ns, self.pod_name, exc)
+                    self._warn("status update failed: %s", _short(exc))
                 return "Unknown"  # not reported yet: keep going
         return phase
 
@@ -1167,6 +1190,8 @@ class PodRunner:
         self._ips: dict[str, str] = {}  # uid -> ip
         self._pods: dict[str, dict] = {}  # uid -> latest Pod seen
         self._watch_thread: threading.Thread | None = None
+        self._sweep_thread: threading.Thread | None = None
+        self._swept: set[str] = set()
         self._resp: Any = None
         self._api: Any = None
         self.host = ""
@@ -1228,7 +1253,7 @@ class PodRunner:
             log.info("pod %s/%s: deleted", ns, name)
         except Exception as exc:
             if _status_code(exc) not in (404, 409):
-                log.warning("pod %s/%s: final delete failed: %s", ns, name, exc)
+                log.warning("pod %s/%s: final delete failed: %s", ns, name, _short(exc))
 
     def _get_data(self, method: str, ns: str, name: str, binary: bool) -> dict[str, str] | None:
         try:
@@ -1300,7 +1325,7 @@ class PodRunner:
             self._call("create_node", body)
         except Exception as exc:
             if _status_code(exc) != 409:
-                log.warning("could not register node %s: %s", self.node_name, exc)
+                log.warning("could not register node %s: %s", self.node_name, _short(exc))
                 return
         now = _now()
         mem_ki = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 1024
@@ -1321,7 +1346,7 @@ class PodRunner:
             self._call("patch_node_status", self.node_name, {"status": status},
                        _content_type="application/merge-patch+json")
         except Exception as exc:
-            log.warning("could not update node %s status: %s", self.node_name, exc)
+            log.warning("could not update node %s status: %s", self.node_name, _short(exc))
 
     # -- IPs -----------------------------------------------------------------------------------
     def _alloc_ip(self, uid: str, wanted: str | None = None) -> str:
@@ -1397,6 +1422,7 @@ class PodRunner:
         uid = (pod.get("metadata") or {}).get("uid")
         with self._lock:
             self._pods.pop(uid, None)
+            self._swept.discard(uid)
             worker = self._workers.get(uid)
         if worker is not None:
             worker.gone()
@@ -1475,6 +1501,56 @@ class PodRunner:
                 rv = ""
                 self._stop.wait(1)
 
+    # -- Terminating namespaces --------------------------------------------------------------------
+    def _sweep(self) -> None:
+        """Delete the Pods of Terminating namespaces, as the namespace controller would.
+
+        No controllers run in the stack, so a deleted namespace stays Terminating for good; without
+        this its Pods would run on (or wait to be bound) forever. Each Pod gets an ordinary delete
+        with its own grace period, so the usual SIGTERM/grace/SIGKILL path ends its processes.
+        """
+        if self.namespace:
+            try:
+                obj = self._call("read_namespace", self.namespace)
+            except Exception as exc:
+                if _status_code(exc) == 404:
+                    return
+                raise
+            items = [obj]
+        else:
+            items = self._call("list_namespace").get("items") or []
+        terminating = {
+            n["metadata"]["name"] for n in items if (n.get("status") or {}).get("phase") == "Terminating"
+        }
+        if not terminating:
+            return
+        with self._lock:
+            victims = [
+                p for uid, p in self._pods.items()
+                if p["metadata"].get("namespace") in terminating
+                and not p["metadata"].get("deletionTimestamp")
+                and uid not in self._swept
+            ]
+            self._swept.update(p["metadata"]["uid"] for p in victims)
+        for p in victims:
+            meta = p["metadata"]
+            log.info("pod %s/%s: namespace is Terminating: deleting the pod", meta["namespace"], meta["name"])
+            try:
+                self._call("delete_namespaced_pod", meta["name"], meta["namespace"],
+                           body={"preconditions": {"uid": meta["uid"]}})
+            except Exception as exc:
+                if _status_code(exc) not in (404, 409):
+                    log.warning("pod %s/%s: delete failed: %s", meta["namespace"], meta["name"], _short(exc))
+                    with self._lock:
+                        self._swept.discard(meta["uid"])
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.wait(SWEEP_INTERVAL):
+            try:
+                self._sweep()
+            except Exception as exc:
+                log.debug("namespace sweep failed: %s", exc)
+
     # -- public ------------------------------------------------------------------------------------
     def start(self, wait: float = 30.0) -> PodRunner:
         """Connect, register the node, and start watching; returns once the first list is done."""
@@ -1485,6 +1561,8 @@ class PodRunner:
         self._stop.clear()
         self._watch_thread = threading.Thread(target=self._watch_loop, name="podrunner-watch", daemon=True)
         self._watch_thread.start()
+        self._sweep_thread = threading.Thread(target=self._sweep_loop, name="podrunner-sweep", daemon=True)
+        self._sweep_thread.start()
         if not self.ready.wait(wait):
             log.warning("pod runner: first pod list not done after %ss", wait)
         log.info("pod runner %s watching %s (state %s)", self.runner_id, self.namespace or "all namespaces",
@@ -1505,8 +1583,9 @@ class PodRunner:
             w._wake.set()
         for w in workers:
             w.join(self.stop_grace + 10)
-        if self._watch_thread is not None:
-            self._watch_thread.join(5)
+        for t in (self._watch_thread, self._sweep_thread):
+            if t is not None:
+                t.join(5)
         _LIVE_RUNNERS.discard(self.runner_id)
 
     def __enter__(self) -> PodRunner:

@@ -485,6 +485,16 @@ def test_kill_container_fails_pod_with_137(core: Any, namespace: str, pod_runner
     assert pod_runner.container_pid(namespace, "victim") is None
 
 
+def _cleanup(core: Any, namespace: str, pod: str, node: str) -> None:
+    """No runner serves a test's private node any more: remove its Pod and Node outright."""
+    from kubernetes.client.exceptions import ApiException
+
+    with contextlib.suppress(ApiException):
+        core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+    with contextlib.suppress(ApiException):
+        core.delete_node(node)
+
+
 def test_restarted_runner_marks_orphaned_running_pod_failed(
     core: Any, namespace: str, stack: Any, tmp_path: Any
 ) -> None:
@@ -505,10 +515,7 @@ def test_restarted_runner_marks_orphaned_running_pod_failed(
         assert failed["status"]["reason"] == "NodeLost"
         assert _terminated(failed)["exitCode"] == 137
     finally:
-        from kubernetes.client.exceptions import ApiException
-
-        with contextlib.suppress(ApiException):
-            core.delete_node(node)
+        _cleanup(core, namespace, "orphan", node)
 
 
 def test_force_delete_kills_processes(core: Any, namespace: str, pod_runner: PodRunner) -> None:
@@ -541,7 +548,15 @@ def test_cli_runs_pods_and_leaves_no_orphans_on_sigterm(
     finally:
         if runner.poll() is None:
             runner.kill()
-        from kubernetes.client.exceptions import ApiException
+        _cleanup(core, namespace, "cli", node)
 
-        with contextlib.suppress(ApiException):
-            core.delete_node(node)
+
+def test_pods_of_a_terminating_namespace_are_deleted(core: Any, namespace: str, pod_runner: PodRunner) -> None:
+    # No namespace controller runs in the stack: the runner deletes the Pods of a Terminating namespace.
+    core.create_namespaced_pod(namespace, _pod("doomed", "import time; time.sleep(600)",
+                                               terminationGracePeriodSeconds=5))
+    _wait(_phase(core, namespace, "doomed", "Running"), 15, "doomed to run")
+    pid = _wait(lambda: pod_runner.container_pid(namespace, "doomed"), 5, "pid file")
+    core.delete_namespace(namespace)
+    _wait(lambda: _read(core, namespace, "doomed") is None, 15, "the pod to be deleted")
+    assert not os.path.exists(f"/proc/{pid}")
