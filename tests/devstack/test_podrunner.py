@@ -560,3 +560,41 @@ def test_pods_of_a_terminating_namespace_are_deleted(core: Any, namespace: str, 
     core.delete_namespace(namespace)
     _wait(lambda: _read(core, namespace, "doomed") is None, 15, "the pod to be deleted")
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_init_container_and_secret_configmap_volumes(core: Any, namespace: str, pod_runner: PodRunner) -> None:
+    ns = namespace
+    core.create_namespaced_secret(ns, {"metadata": {"name": "files"}, "stringData": {"token": "t0k3n"}})
+    core.create_namespaced_config_map(ns, {"metadata": {"name": "conf"}, "data": {"a.ini": "x=1"}})
+    # Arguments that start with a mount path are rewritten to the local directory behind it.
+    init = {
+        "name": "init",
+        "image": "i",
+        "command": ["python", "-c", "import sys; open(sys.argv[1], 'w').write('seeded')", "/work/seed"],
+        "volumeMounts": [{"name": "work", "mountPath": "/work"}],
+    }
+    script = "import sys; print(*(open(p).read() for p in sys.argv[1:]))"
+    pod = _pod(
+        "vols",
+        script,
+        initContainers=[init],
+        volumes=[
+            {"name": "work", "emptyDir": {}},
+            {"name": "creds", "secret": {"secretName": "files"}},
+            {"name": "conf", "configMap": {"name": "conf"}},
+        ],
+        container={
+            "args": ["/work/seed", "/etc/creds/token", "/etc/conf/a.ini"],
+            "volumeMounts": [
+                {"name": "work", "mountPath": "/work"},
+                {"name": "creds", "mountPath": "/etc/creds", "readOnly": True},
+                {"name": "conf", "mountPath": "/etc/conf"},
+            ],
+        },
+    )
+    core.create_namespaced_pod(ns, pod)
+    done = _wait(_phase(core, ns, "vols", "Succeeded", "Failed"), 20, "vols to finish")
+    assert done["status"]["phase"] == "Succeeded", _log(pod_runner, ns, "vols")
+    assert done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
+    assert {c["type"]: c["status"] for c in done["status"]["conditions"]}["Initialized"] == "True"
+    assert "seeded t0k3n x=1" in _log(pod_runner, ns, "vols")
