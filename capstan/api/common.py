@@ -175,14 +175,36 @@ class TaskResult(CamelModel):
     error_message: str | None = Field(None, alias="errorMessage", description="Error message.")
 
 
+class TaskEvent(CamelModel):
+    """One event of the task's outbox (TRTC callback events 301–312 and the kinds' result bodies).
+
+    The worker appends events here (its status is the only place it may write); the operator
+    delivers them in order, at least once, and records how far it got in `callbacks`. Keeping the
+    outbox in the resource makes delivery survive worker and operator restarts.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    seq: int = Field(ge=1, description="1-based position in the outbox; delivery follows it.")
+    type: int = Field(description="Event type, e.g. 301 recorder start … 312; 0 for a result body.")
+    ts: int = Field(description="Unix ms when the event happened.")
+    payload: dict[str, Any] = Field(default_factory=dict, description="Event payload as the seed shows it.",
+                                    json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
 class CallbackStatus(CamelModel):
     """Delivery state of the callbacks of this task."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
+    delivered_seq: int = Field(0, alias="deliveredSeq",
+                               description="Events up to this seq are done (delivered or given up).")
     delivered: int = Field(0, description="Events delivered (HTTP 200).")
-    pending: int = Field(0, description="Events waiting for delivery or retry.")
     failed: int = Field(0, description="Events given up after all tries.")
+    attempts: int = Field(0, description="Tries of the event now being delivered.")
+    first_attempt_at: str | None = Field(None, alias="firstAttemptAt",
+                                         description="When the event now being delivered was first tried.")
+    next_attempt_at: str | None = Field(None, alias="nextAttemptAt", description="When the next try is due.")
     last_error: str | None = Field(None, alias="lastError", description="Last delivery error.")
 
 
@@ -211,4 +233,5 @@ class TaskStatus(CamelModel):
     message: str | None = Field(None, description="Latest human-readable progress.")
     files: list[FileRecord] = Field(default_factory=list, description="Files written so far.")
     result: TaskResult | None = Field(None, description="Result (errors) of the task.")
+    events: list[TaskEvent] = Field(default_factory=list, description=TaskEvent.__doc__)
     callbacks: CallbackStatus | None = Field(None, description="Callback delivery state.")

@@ -10,6 +10,7 @@ Usage: python -m capstan.api.crdgen <out-dir>
 from __future__ import annotations
 
 import copy
+import inspect
 import sys
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
         elif key in ("items",):
             out[key] = _structural(value, defs)
+        elif key == "description":
+            out[key] = inspect.cleandoc(value)  # docstrings used as descriptions keep their indentation
         else:
             out[key] = value
     if "enum" in out and "type" not in out:
