@@ -507,6 +507,7 @@ class _PodWorker(threading.Thread):
         self._last_status: dict | None = None
         self.status_extra: dict[str, str] = {}
         self._warned: set[str] = set()
+        self.admitted = False
 
     def _warn(self, msg: str, *args: object) -> None:
         """Log a retry warning once; repeats of the same message go to debug."""
@@ -535,7 +536,8 @@ class _PodWorker(threading.Thread):
     # -- lifecycle ---------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            if self._admit():
+            self.admitted = self._admit()
+            if self.admitted:
                 self._run()
         except Exception:
             log.exception("pod %s/%s: worker failed", self.ns, self.pod_name)
@@ -865,7 +867,8 @@ class _PodWorker(threading.Thread):
         c.state = {"running": {"startedAt": c.started_at}}
         (self.dir / f"{c.name}.pid").write_text(f"{proc.pid}\n")
         (self.dir / f".{c.name}.proc").write_text(
-            json.dumps({"uid": self.uid, "pid": proc.pid, "pgid": proc.pid, "start": _proc_starttime(proc.pid)})
+            json.dumps({"uid": self.uid, "pid": proc.pid, "pgid": proc.pid, "start": _proc_starttime(proc.pid),
+                        "runner": r.runner_id})
         )
         log.info("pod %s/%s: started container %s (pid %s): %s", self.ns, self.pod_name, c.name, proc.pid, argv)
 
@@ -1205,7 +1208,7 @@ class PodRunner:
 
         cfg = client.Configuration()
         config.load_kube_config(config_file=self.kubeconfig, client_configuration=cfg)
-        cfg.connection_pool_maxsize = 32
+        cfg.connection_pool_maxsize = 64
         cfg.retries = 1
         self.host = cfg.host
         if cfg.ssl_ca_cert:
@@ -1379,7 +1382,8 @@ class PodRunner:
             if self._workers.get(w.uid) is w:
                 del self._workers[w.uid]
             self._ips.pop(w.uid, None)
-            self._finished[w.uid] = time.monotonic()
+            if w.admitted:
+                self._finished[w.uid] = time.monotonic()
             if len(self._finished) > 4096:
                 for uid, _ in sorted(self._finished.items(), key=lambda kv: kv[1])[:1024]:
                     del self._finished[uid]
@@ -1552,9 +1556,35 @@ class PodRunner:
                 log.debug("namespace sweep failed: %s", exc)
 
     # -- public ------------------------------------------------------------------------------------
+    def reap_orphans(self) -> list[int]:
+        """Kill container processes that runners which are gone (e.g. SIGKILLed) left running.
+
+        Every container process is recorded in ``<pod dir>/.<container>.proc`` with its pid, start
+        time and runner; a process still alive under a dead runner is killed with its group.
+        """
+        killed = []
+        for info in self.state_dir.glob("*/*/.*.proc"):
+            try:
+                data = json.loads(info.read_text())
+                pid, owner = int(data["pid"]), str(data.get("runner") or "")
+            except (OSError, ValueError, KeyError):
+                continue
+            if owner and _runner_alive(owner):
+                continue
+            if _proc_starttime(pid) == data.get("start"):
+                log.info("killing orphan process %s of %s (its runner is gone)", pid, info.parent)
+                _killpg(int(data.get("pgid") or pid), signal.SIGKILL)
+                killed.append(pid)
+            with contextlib.suppress(OSError):
+                info.unlink()
+            with contextlib.suppress(OSError):
+                info.with_name(info.name[1:].removesuffix(".proc") + ".pid").unlink()
+        return killed
+
     def start(self, wait: float = 30.0) -> PodRunner:
         """Connect, register the node, and start watching; returns once the first list is done."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.reap_orphans()
         self._connect()
         _LIVE_RUNNERS.add(self.runner_id)
         self._register_node()

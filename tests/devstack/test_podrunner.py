@@ -340,7 +340,7 @@ def test_env_identity_and_distinct_ips(core: Any, kube_api: Any, namespace: str,
 
     results = {}
     for name in ("env-a", "env-b"):
-        pod = _wait(_phase(core, ns, name, "Succeeded", "Failed"), 30, f"{name} to finish")
+        pod = _wait(_phase(core, ns, name, "Succeeded", "Failed"), 60, f"{name} to finish")
         log = _log(pod_runner, ns, name)
         assert pod["status"]["phase"] == "Succeeded", log
         assert pod["spec"]["nodeName"] == "devstack"
@@ -598,3 +598,30 @@ def test_init_container_and_secret_configmap_volumes(core: Any, namespace: str, 
     assert done["status"]["initContainerStatuses"][0]["state"]["terminated"]["exitCode"] == 0
     assert {c["type"]: c["status"] for c in done["status"]["conditions"]}["Initialized"] == "True"
     assert "seeded t0k3n x=1" in _log(pod_runner, ns, "vols")
+
+
+def test_runner_killed_hard_its_successor_reaps_the_orphans(
+    core: Any, namespace: str, stack: Any, tmp_path: Any
+) -> None:
+    import subprocess
+
+    node = f"devstack-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "KUBECONFIG": stack.kubeconfig}
+    cmd = [sys.executable, "-m", "devstack.podrunner", "--state-dir", str(tmp_path), "--namespace", namespace,
+           "--node-name", node]
+    runner = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        core.create_namespaced_pod(namespace, _pod("survivor", "import time; time.sleep(600)", nodeName=node))
+        _wait(_phase(core, namespace, "survivor", "Running"), 20, "the CLI runner to run the pod")
+        pid = _wait(lambda: container_pid(namespace, "survivor", state_dir=tmp_path), 5, "pid file")
+        runner.kill()  # no chance to clean up: the container process lives on
+        runner.wait(5)
+        assert os.path.exists(f"/proc/{pid}")
+        with PodRunner(stack.kubeconfig, tmp_path, namespace, node_name=node):
+            failed = _wait(_phase(core, namespace, "survivor", "Failed"), 15, "survivor to be marked Failed")
+            assert failed["status"]["reason"] == "NodeLost"
+            _wait(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the orphan to be killed")
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+        _cleanup(core, namespace, "survivor", node)
