@@ -41,7 +41,7 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _labels(info: KindInfo, name: str) -> dict[str, str]:
+def task_labels(info: KindInfo, name: str) -> dict[str, str]:
     return {LABEL_TASK: name, LABEL_KIND: info.plural, LABEL_MANAGED: "capstan"}
 
 
@@ -49,7 +49,7 @@ def _meta(info: KindInfo, body: dict[str, Any], name: str) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": body["metadata"]["namespace"],
-        "labels": _labels(info, body["metadata"]["name"]),
+        "labels": task_labels(info, body["metadata"]["name"]),
         "ownerReferences": [owner_reference(body)],
     }
 

@@ -14,7 +14,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from capstan.api import KindInfo
-from capstan.operator import children
+from capstan.operator import children, worker_env
 from capstan.operator.config import LABEL_TASK
 
 TIMEOUT = 10
@@ -66,6 +66,13 @@ def ensure_identity(info: KindInfo, body: dict[str, Any]) -> None:
     _create(rbac().create_namespaced_role_binding, ns, children.role_binding(info, body))
 
 
+def apply_secret(secret: dict[str, Any]) -> None:
+    """Create the per-task Secret, or replace its data (each attempt gets a fresh token)."""
+    ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
+    if not _create(core().create_namespaced_secret, ns, secret):
+        core().replace_namespaced_secret(name, ns, secret, _request_timeout=TIMEOUT)
+
+
 def create_pod(pod: dict[str, Any]) -> bool:
     return _create(core().create_namespaced_pod, pod["metadata"]["namespace"], pod)
 
@@ -97,6 +104,7 @@ def delete_children(info: KindInfo, namespace: str, task: str) -> None:
     for pod in task_pods(info, namespace, task):
         delete_pod(namespace, pod["metadata"]["name"], grace_seconds=0)
     sa = children.service_account_name(info, task)
+    _delete(core().delete_namespaced_secret, worker_env.token_secret_name(info, task), namespace)
     _delete(rbac().delete_namespaced_role_binding, sa, namespace)
     _delete(rbac().delete_namespaced_role, sa, namespace)
     _delete(core().delete_namespaced_service_account, sa, namespace)

@@ -1,0 +1,106 @@
+"""What a worker Pod needs besides its identity: room URL and access token, storage and Redis
+settings. Secrets reach the Pod only as secretKeyRefs, never as literal values in the Pod spec.
+
+The operator checks here what only it can check (the referenced Secrets and keys exist) so a
+mistake ends the task in `failed` with a message naming the field, instead of a Pod stuck in
+CreateContainerConfigError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from capstan.api import KindInfo
+from capstan.operator import children
+from capstan.rooms import tokens
+
+SecretReader = Callable[[str, str], str]  # (secret name, key) -> value; raises KeyError with a message
+
+
+class TaskConfigError(Exception):
+    """The task refers to something that is not there; the message names the field."""
+
+
+@dataclass
+class WorkerEnv:
+    env: list[dict[str, Any]] = field(default_factory=list)
+    secrets: list[dict[str, Any]] = field(default_factory=list)  # per-task Secrets to create or update
+
+
+def token_secret_name(info: KindInfo, task: str) -> str:
+    return children.service_account_name(info, task).removesuffix("-worker") + "-token"
+
+
+def _check(read: SecretReader, field_path: str, name: str, key: str) -> str:
+    try:
+        return read(name, key)
+    except KeyError as exc:
+        raise TaskConfigError(f"{field_path}: {exc.args[0]}") from None
+
+
+def _value(name: str, value: Any) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def _room_env(info: KindInfo, body: dict[str, Any], read: SecretReader, out: WorkerEnv) -> None:
+    spec, name = body["spec"], body["metadata"]["name"]
+    room = spec["room"]
+    room_name = str(room["roomId"]) if room.get("roomId") is not None else str(room["strRoomId"])
+    out.env += [_value("ROOM_BACKEND", room.get("backend", "livekit")), _value("ROOM_URL", room["url"]),
+                _value("ROOM_NAME", room_name)]
+    user_field, identity_field = (("recorderTokenSecretRef", "recorderUserId") if info.worker == "recorder"
+                                  else ("userTokenSecretRef", "userId"))
+    given = spec.get(user_field)
+    if given:
+        _check(read, f"spec.{user_field}", given["name"], given["key"])
+        out.env.append(children.secret_env("ROOM_TOKEN", given["name"], given["key"]))
+        return
+    creds = room["credentialsSecretRef"]["name"]
+    key = _check(read, "spec.room.credentialsSecretRef", creds, "apiKey")
+    secret = _check(read, "spec.room.credentialsSecretRef", creds, "apiSecret")
+    mint = tokens.recorder_token if info.worker == "recorder" else tokens.publisher_token
+    token = mint(key, secret, spec[identity_field], room_name)
+    secret_name = token_secret_name(info, name)
+    out.secrets.append({
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": secret_name, "namespace": body["metadata"]["namespace"],
+                     "labels": children.task_labels(info, name),
+                     "ownerReferences": [children.owner_reference(body)]},
+        "stringData": {"token": token},
+    })
+    out.env.append(children.secret_env("ROOM_TOKEN", secret_name, "token"))
+
+
+def _storage_env(storage: dict[str, Any], field_path: str, read: SecretReader, out: WorkerEnv) -> None:
+    creds = storage["credentialsSecretRef"]["name"]
+    for key in ("accessKey", "secretKey"):
+        _check(read, f"{field_path}.credentialsSecretRef", creds, key)
+    out.env += [
+        _value("S3_ENDPOINT", storage["endpoint"]), _value("S3_BUCKET", storage["bucket"]),
+        _value("S3_REGION", storage.get("region", "us-east-1")),
+        _value("S3_SECURE", "1" if storage.get("secure", True) else "0"),
+        children.secret_env("S3_ACCESS_KEY", creds, "accessKey"),
+        children.secret_env("S3_SECRET_KEY", creds, "secretKey"),
+    ]
+
+
+def worker_env(info: KindInfo, body: dict[str, Any], read: SecretReader) -> WorkerEnv:
+    """Env and per-task Secrets for the worker of `body`; raises TaskConfigError."""
+    spec = body["spec"]
+    out = WorkerEnv()
+    if "room" in spec:
+        _room_env(info, body, read, out)
+    if "storage" in spec:
+        _storage_env(spec["storage"], "spec.storage", read, out)
+    output = spec.get("output") or {}
+    if "storage" in output:
+        _storage_env(output["storage"], "spec.output.storage", read, out)
+    for env_name, field_path, ref in (("REDIS_URL", "spec.redisSecretRef", spec.get("redisSecretRef")),
+                                      ("HLS_ENCRYPT_KEY", "spec.output.encryptKeySecretRef",
+                                       output.get("encryptKeySecretRef"))):
+        if ref:
+            _check(read, field_path, ref["name"], ref["key"])
+            out.env.append(children.secret_env(env_name, ref["name"], ref["key"]))
+    return out
