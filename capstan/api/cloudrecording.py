@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 
 from capstan.api.common import (
     IMMUTABLE,
+    STOP_IS_FINAL,
     USER_ID_PATTERN,
     CallbackSpec,
     CamelModel,
@@ -193,8 +194,7 @@ class CloudRecordingSpec(CamelModel):
             "watermarks are only allowed when recordMode is mix", field_path=".watermarks"),
         cel("!('mp3' in self.output.formats) || self.streamType != 'video'",
             "output.formats mp3 needs audio: streamType must be audio or audioVideo", field_path=".output.formats"),
-        cel("!has(oldSelf.stop) || !oldSelf.stop || self.stop", "stop cannot be undone once set",
-            field_path=".stop"),
+        STOP_IS_FINAL,
     ))
 
 

@@ -38,6 +38,8 @@ def validations(*rules: dict[str, str]) -> dict[str, Any]:
 
 
 IMMUTABLE = validations(cel("self == oldSelf", "is immutable once the task is created"))
+STOP_IS_FINAL = cel("!has(oldSelf.stop) || !oldSelf.stop || self.stop", "stop cannot be undone once set",
+                    field_path=".stop")
 
 
 class CamelModel(BaseModel):

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field
 
 from capstan.api.common import (
     IMMUTABLE,
+    STOP_IS_FINAL,
     USER_ID_PATTERN,
     CallbackSpec,
     CamelModel,
@@ -53,8 +54,7 @@ class StreamPushSpec(CamelModel):
         cel("self.mode != 'vod' || !self.videoSrc.startsWith('rtmp://')",
             "videoSrc must be an http(s) file URL when mode is vod", field_path=".videoSrc"),
         cel("self.mode == 'vod' || !self.loop", "loop is only for mode vod", field_path=".loop"),
-        cel("!has(oldSelf.stop) || !oldSelf.stop || self.stop", "stop cannot be undone once set",
-            field_path=".stop"),
+        STOP_IS_FINAL,
     ))
 
 

@@ -8,6 +8,7 @@ from pydantic import ConfigDict, Field
 
 from capstan.api.common import (
     IMMUTABLE,
+    STOP_IS_FINAL,
     CallbackSpec,
     CamelModel,
     SecretKeyRef,
@@ -68,8 +69,7 @@ class WebRecordingSpec(CamelModel):
     stop: bool = Field(False, description="Set true to end the recording; the file is finished and uploaded.")
 
     model_config = ConfigDict(json_schema_extra=validations(
-        cel("!has(oldSelf.stop) || !oldSelf.stop || self.stop", "stop cannot be undone once set",
-            field_path=".stop"),
+        STOP_IS_FINAL,
         cel("!has(oldSelf.refreshGeneration) || self.refreshGeneration >= oldSelf.refreshGeneration",
             "refreshGeneration can only increase", field_path=".refreshGeneration"),
     ))

@@ -194,6 +194,7 @@ def test_operator_restart_neither_loses_nor_duplicates(operator, tasks, namespac
         tasks.wait_phase(name, "finished")
 
 
+@pytest.mark.timeout(1500)
 def test_queue_beyond_the_quota(operator_factory, tasks, namespace):
     """101 tasks with the quota at 100: exactly one waits in `normal` until another ends."""
     operator_factory(CAPSTAN_MAX_TASKS="100")
@@ -212,14 +213,14 @@ def test_queue_beyond_the_quota(operator_factory, tasks, namespace):
                                           for c in (o.get("status") or {}).get("conditions", []))]
         return (len(admitted), len(queued), queued) if len(admitted) + len(queued) == 101 else None
 
-    n_admitted, n_queued, queued = wait_for(admitted_and_queued, 240, interval=2, what="all tasks seen")
+    n_admitted, n_queued, queued = wait_for(admitted_and_queued, 600, interval=2, what="all tasks seen")
     assert (n_admitted, n_queued) == (100, 1)
     waiting = queued[0]["metadata"]["name"]
     assert waiting == "q100" and queued[0]["status"]["phase"] == "normal"
     assert "1 in queue" in queued[0]["status"]["message"]
     tasks.patch_spec("q000", {"stop": True})
-    tasks.wait_phase("q000", "finished", timeout=120)
-    st = wait_for(lambda: (s := tasks.status(waiting)).get("phase") == "idle" and s, 120,
+    tasks.wait_phase("q000", "finished", timeout=300)
+    st = wait_for(lambda: (s := tasks.status(waiting)).get("phase") == "idle" and s, 300,
                   what="queued task admitted")
     assert any(c["type"] == "Admitted" and c["status"] == "True" for c in st["conditions"])
     # clean up: stop everything so the workers exit
