@@ -22,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import capstan.operator.handlers  # noqa: F401  (registers the handlers)
+    import capstan.operator.phase_events  # noqa: F401
 
     asyncio.run(kopf.operator(
         standalone=args.standalone,

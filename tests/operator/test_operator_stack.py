@@ -131,6 +131,9 @@ def test_worker_runs_with_its_own_narrow_identity(operator, tasks, namespace):
     reasons = [r for r, _ in tasks.events("alpha")]
     for reason in ("Accepted", "Admitted", "WorkerCreated", "StopRequested", "Finished"):
         assert reason in reasons, reasons
+    transitions = [m.split(":")[0] for r, m in tasks.events("alpha") if r == "PhaseChanged"]
+    for change in ("normal -> idle", "idle -> upload", "upload -> finished"):
+        assert change in transitions, transitions
 
 
 def test_killed_worker_is_replaced_by_attempt_two(operator, tasks, namespace):
