@@ -70,7 +70,7 @@ def apply_secret(secret: dict[str, Any]) -> None:
     """Create the per-task Secret, or replace its data (each attempt gets a fresh token)."""
     ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
     if not _create(core().create_namespaced_secret, ns, secret):
-        core().replace_namespaced_secret(name, ns, secret, _request_timeout=TIMEOUT)
+        core().replace_namespaced_secret(name, ns, secret, _request_timeout=TIMEOUT)  # type: ignore[arg-type]
 
 
 def create_pod(pod: dict[str, Any]) -> bool:
