@@ -14,9 +14,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from capstan.media.naming import FileKind, parse_name
-
-CONNECT_TIMEOUT_SECONDS = 10.0
-READ_TIMEOUT_SECONDS = 60.0
+from capstan.storage import client as storage_client
+from capstan.storage.client import CONNECT_TIMEOUT_SECONDS, READ_TIMEOUT_SECONDS
 
 
 class S3Error(Exception):
@@ -38,28 +37,12 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 def client_from_env(env: Mapping[str, str] = os.environ) -> Any:
-    import urllib3
-    from minio import Minio
-
-    endpoint = env.get("S3_ENDPOINT", "").strip()
-    if not endpoint:
-        raise S3Error("S3_ENDPOINT is not set")
-    secure_text = env.get("S3_SECURE")
-    if "://" in endpoint:  # tolerate a URL; Minio wants host:port
-        scheme, endpoint = endpoint.split("://", 1)
-        secure_text = secure_text if secure_text is not None else str(scheme == "https")
-    secure = (secure_text or "").strip().lower() in ("1", "true", "yes", "on")
-    http = urllib3.PoolManager(
-        timeout=urllib3.Timeout(connect=CONNECT_TIMEOUT_SECONDS, read=READ_TIMEOUT_SECONDS),
-        retries=urllib3.Retry(total=3, backoff_factor=0.5, status_forcelist=[500, 502, 503, 504]),
-    )
-    return Minio(
-        endpoint.rstrip("/"),
-        access_key=env.get("S3_ACCESS_KEY"),
-        secret_key=env.get("S3_SECRET_KEY"),
-        secure=secure,
-        http_client=http,
-    )
+    """The merge command reads many objects in one go, so its client retries inside urllib3."""
+    try:
+        return storage_client.client_from_env(
+            env, connect_timeout=CONNECT_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS, retries=3)
+    except storage_client.StorageConfigError as exc:
+        raise S3Error(str(exc)) from exc
 
 
 def download_recordings(client: Any, url: str, dest: str | os.PathLike[str]) -> list[Path]:
