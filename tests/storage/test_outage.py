@@ -1,74 +1,75 @@
-"""A storage outage of ~10 s while files keep arriving: a private MinIO is first frozen
+"""A storage outage of ~10 s while an HLS writer keeps closing segments: a private MinIO is first frozen
 (SIGSTOP: connections hang, only timeouts notice) and then killed (connections refused), and
 restarted on the same port and data dir. Every file ends up stored, none is lost, the spool
 is empty at the end and on_error was raised."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from pathlib import Path
 
+from capstan.api.cloudrecording import AudioSpec
+from capstan.media import playlist
+from capstan.recorder.hls import HlsTrackWriter, StreamNames
 from capstan.storage.uploader import Uploader
+from tests.recorder.frames import tone_frames
 from tests.storage.conftest import fast_client
 from tests.storage.minio_proc import MinioProcess
 
 
-def test_files_survive_a_storage_outage(private_minio: MinioProcess, tmp_path: Path) -> None:
+def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path: Path) -> None:
     client = fast_client(private_minio.endpoint)
     client.make_bucket("rec")  # type: ignore[attr-defined]
     errors: list[tuple[str, str]] = []
     up = Uploader(client, "rec", tmp_path / "spool", on_error=lambda c, m: errors.append((c, m)),
                   min_backoff=0.2, max_backoff=2.0, error_interval=3.0)
-    work = tmp_path / "work"
-    work.mkdir()
-    digests: dict[str, str] = {}
+    names = StreamNames.single(1400000001, 1234, "alice", "main", "audio")
+    writer = HlsTrackWriter(names, tmp_path / "work", up, AudioSpec(sampleRate=48000, channels=1, bitrate=64000),
+                            segment_seconds=0.5, key_prefix="rec", task_id="task-1")
     stop = threading.Event()
 
-    def produce() -> None:  # a segment every 0.25 s and the playlist after it, like the recorder
-        i = 0
-        while not stop.is_set():
-            data = hashlib.sha256(str(i).encode()).digest() * 600
-            path = work / f"seg{i:04d}.ts"
-            path.write_bytes(data)
-            digests[f"t/seg{i:04d}.ts"] = hashlib.sha256(data).hexdigest()
-            up.put(path, f"t/seg{i:04d}.ts", "video/mp2t")
-            up.put_bytes(f"#EXTM3U\n# {i + 1} segments\n".encode(), "t/list.m3u8")
-            i += 1
-            time.sleep(0.25)
+    def produce() -> None:  # a live anchor: 20 ms of tone every 20 ms, capture time = now
+        started = time.time()
+        for frame, offset in tone_frames(0.0, 60.0, hz=440, chunk=960):
+            if stop.is_set():
+                break
+            delay = started + offset - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            writer.write(frame, started + offset)
 
     producer = threading.Thread(target=produce)
     producer.start()
     try:
         time.sleep(1.5)
-        private_minio.pause()  # hung server
+        private_minio.pause()  # hung server: only timeouts notice
         time.sleep(5)
         during_freeze = len(up.pending())
-        private_minio.kill()  # dead server
+        private_minio.kill()  # dead server: connections refused
         time.sleep(5)
         waiting = len(up.pending())
-        private_minio.start()
+        private_minio.start()  # same port, same data dir
         time.sleep(1.5)
     finally:
         stop.set()
         producer.join()
+    segments = writer.close()
     t0 = time.monotonic()
     assert up.close(60), f"still pending: {up.pending()[:5]}"
     drained = time.monotonic() - t0
-    print(f"outage: {len(digests)} segments, {during_freeze} waiting after the freeze, {waiting} before "
-          f"restart; drained {drained:.1f} s after; failures={up.stats.failures} errors={errors[:3]}")
-    assert waiting > 20
-    assert {e[0] for e in errors} <= {"NetworkError"} and errors
-    stored = {o.object_name for o in client.list_objects("rec", prefix="t/", recursive=True)}  # type: ignore[attr-defined]
-    assert stored == set(digests) | {"t/list.m3u8"}
-    for key, digest in digests.items():
-        body = client.get_object("rec", key)  # type: ignore[attr-defined]
-        assert hashlib.sha256(body.read()).hexdigest() == digest
-        body.close()
-        body.release_conn()
-    playlist = client.get_object("rec", "t/list.m3u8").read().decode()  # type: ignore[attr-defined]
-    assert f"# {len(digests)} segments" in playlist
-    assert not list(work.iterdir())
+    print(f"outage: {len(segments)} segments, {during_freeze} files waiting after the freeze, {waiting} before "
+          f"the restart; drained {drained:.1f} s after close; failures={up.stats.failures} "
+          f"superseded playlists={up.stats.superseded} errors={[e[0] for e in errors]}")
+    assert waiting > 10
+    assert errors and {e[0] for e in errors} == {"NetworkError"}
+    stored = {o.object_name for o in client.list_objects("rec", prefix="rec/task-1/", recursive=True)}  # type: ignore[attr-defined]
+    assert stored == {s.key for s in segments} | {writer.playlist_key}
+    for segment in segments:
+        assert client.stat_object("rec", segment.key).size == segment.size  # type: ignore[attr-defined]
+    text = client.get_object("rec", writer.playlist_key).read().decode()  # type: ignore[attr-defined]
+    listed = playlist.parse(text)
+    assert listed.ended and [e.uri for e in listed.entries] == [s.name for s in segments]
+    assert not list((tmp_path / "work").glob("*.ts"))
     assert [p.name for p in (tmp_path / "spool").iterdir()] == [".journal"]
     assert not list((tmp_path / "spool" / ".journal").iterdir())

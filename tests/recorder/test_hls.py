@@ -1,0 +1,170 @@
+"""HlsWriter on synthetic frames: TRTC names, playlists, segment lengths, content and timing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import av
+import pytest
+
+from capstan.api.cloudrecording import AudioSpec, VideoSpec
+from capstan.media import naming, playlist
+from capstan.recorder.hls import FirstSegment, HlsTrackWriter, HlsWriter, StreamNames
+from capstan.storage.uploader import Uploader
+from tests.recorder.frames import T0, dominant_hz, interleave, mean_rgb, stream_times, tone_frames, video_frames
+
+SDKAPPID, ROOM = 1400000001, 1234
+VIDEO = VideoSpec(width=64, height=48, fps=15, bitrate=100000, gop=2)
+AUDIO = AudioSpec(sampleRate=48000, channels=1, bitrate=64000)
+USERS = {"alice": ((200, 40, 40), 440.0), "bob": ((40, 40, 200), 660.0)}
+
+
+def _video_writer(tmp_path: Path, user: str = "alice", **kwargs: Any) -> HlsTrackWriter:
+    names = StreamNames.single(SDKAPPID, ROOM, user, "main", "video", ha=kwargs.pop("ha", 0))
+    return HlsTrackWriter(names, tmp_path / f"{user}-video", None, VIDEO, segment_seconds=2, **kwargs)
+
+
+def _audio_writer(tmp_path: Path, user: str = "alice", **kwargs: Any) -> HlsTrackWriter:
+    names = StreamNames.single(SDKAPPID, ROOM, user, "main", "audio", ha=kwargs.pop("ha", 0))
+    return HlsTrackWriter(names, tmp_path / f"{user}-audio", None, AUDIO, segment_seconds=2, **kwargs)
+
+
+def _playlist(writer: HlsWriter) -> playlist.Playlist:
+    return playlist.parse((writer.work_dir / writer.names.playlist).read_text())
+
+
+def test_names_keys_and_playlist_tags(tmp_path: Path) -> None:
+    firsts: list[FirstSegment] = []
+    writer = _video_writer(tmp_path, ha=2, key_prefix="rec", task_id="task-1", on_first_segment=firsts.append)
+    for frame, t in video_frames(T0 + 0.25, 5.0):
+        writer.write(frame, t)
+    segments = writer.close()
+    stem = f"ha2_{SDKAPPID}_{ROOM}__UserId_s_YWxpY2U.__UserId_e_main_video"
+    assert [s.name for s in segments] == [
+        f"{stem}_20240501100000250.ts", f"{stem}_20240501100002250.ts", f"{stem}_20240501100004250.ts"]
+    assert segments[0].key == f"rec/task-1/{stem}_20240501100000250.ts"
+    assert writer.playlist_key == f"rec/task-1/{stem}.m3u8"
+    for s in segments:
+        parsed = naming.parse_name(s.name)
+        assert (parsed.ha, parsed.user_id, parsed.track) == (2, "alice", naming.TrackType.VIDEO)
+        assert parsed.start == datetime.fromtimestamp(s.start, UTC).replace(microsecond=parsed.start.microsecond)
+    listed = _playlist(writer)
+    assert listed.ended
+    assert listed.start_rec_time_ms == round((T0 + 0.25) * 1000)
+    assert (listed.width, listed.height) == (64, 48)
+    assert [e.uri for e in listed.entries] == [s.name for s in segments]
+    assert [e.duration for e in listed.entries] == pytest.approx([2.0, 2.0, 1.0], abs=0.001)
+    [first] = firsts
+    assert first.playlist_name == f"{stem}.m3u8" and first.user_id == "alice" and first.track_type == "video"
+    assert first.begin_timestamp_ms == round((T0 + 0.25) * 1000)
+    assert first.segment == segments[0]
+
+
+def test_mixed_stream_names_and_both_tracks(tmp_path: Path) -> None:
+    writer = HlsWriter(StreamNames.mixed(SDKAPPID, "room/a=", ha=1), tmp_path, None, video=VIDEO, audio=AUDIO,
+                       segment_seconds=2)
+    for frame, t in interleave(video_frames(T0, 4.0), tone_frames(T0, 4.0, hz=440)):
+        writer.write(frame, t)
+    segments = writer.close()
+    room = naming.encode_room_id("room/a=")
+    assert writer.names.playlist == f"ha1_{SDKAPPID}_{room}.m3u8"
+    # the first packet is the AAC encoder's priming frame, 1024 samples before the first sample
+    assert segments[0].name == f"ha1_{SDKAPPID}_{room}_20240501095959978.ts"
+    assert naming.parse_name(segments[1].name).start == datetime(2024, 5, 1, 10, 0, 2, tzinfo=UTC)
+    assert writer.track_type == "audio_video"
+    for s in segments:
+        with av.open(s.local_path) as container:
+            assert len(container.streams.video) == 1 and len(container.streams.audio) == 1
+    assert sum(e.duration for e in _playlist(writer).entries) == pytest.approx(4.0, abs=0.1)
+
+
+def test_segments_durations_content_and_totals_per_user(tmp_path: Path) -> None:
+    for user, (color, hz) in USERS.items():
+        video, audio = _video_writer(tmp_path, user), _audio_writer(tmp_path, user)
+        for frame, t in interleave(video_frames(T0, 7.0, color=color), tone_frames(T0, 7.0, hz=hz)):
+            (video if isinstance(frame, av.VideoFrame) else audio).write(frame, t)
+        for writer, kind in ((video, "video"), (audio, "audio")):
+            segments = writer.close()
+            listed = _playlist(writer)
+            total = sum(e.duration for e in listed.entries)
+            assert total == pytest.approx(7.0, abs=0.5), kind
+            assert [e.duration for e in listed.entries][:-1] == pytest.approx([2.0] * 3, abs=0.05), kind
+            for s in segments:
+                path = Path(s.local_path or "")
+                times = stream_times(path, kind)
+                assert times.end - times.first == pytest.approx(s.duration, abs=0.03)
+                if kind == "video":
+                    assert mean_rgb(path) == pytest.approx(color, abs=6)
+                else:
+                    assert dominant_hz(path) == pytest.approx(hz, abs=5)
+            assert listed.effective_target_duration() == 2
+
+
+def test_gaps_stay_gaps(tmp_path: Path) -> None:
+    """Publishing 0-3 s, 3.6-5 s (short gap inside a segment) and 8.5-10 s (long gap)."""
+    video, audio = _video_writer(tmp_path), _audio_writer(tmp_path)
+    runs = [(0.0, 3.0), (3.6, 1.4), (8.5, 1.5)]
+    for start, seconds in runs:
+        for frame, t in interleave(video_frames(T0 + start, seconds), tone_frames(T0 + start, seconds, hz=440)):
+            (video if isinstance(frame, av.VideoFrame) else audio).write(frame, t)
+    for writer, kind in ((video, "video"), (audio, "audio")):
+        segments = writer.close()
+        # wall time of every decoded frame: segment start + offset inside the segment
+        walls: list[float] = []
+        for s in segments:
+            times = stream_times(Path(s.local_path or ""), kind)
+            walls += [s.start - T0 + (t - times.first) for t in times.times]
+        assert segments[-1].start - T0 == pytest.approx(8.5, abs=0.03), kind
+        jumps = [(a, b) for a, b in zip(walls, walls[1:], strict=False) if b - a > 0.2]
+        assert len(jumps) == 2, (kind, jumps)
+        (a1, b1), (a2, b2) = jumps
+        assert b1 == pytest.approx(3.6, abs=0.03) and a1 == pytest.approx(3.0, abs=0.1), kind
+        assert b2 == pytest.approx(8.5, abs=0.03) and a2 == pytest.approx(5.0, abs=0.1), kind
+        fed = sum(seconds for _, seconds in runs)
+        covered = sum(d for d in (stream_times(Path(s.local_path or ""), kind).durations for s in segments)
+                      for d in d)
+        assert covered == pytest.approx(fed, abs=0.1), kind
+
+
+def test_frames_are_scaled_to_the_spec(tmp_path: Path) -> None:
+    writer = _video_writer(tmp_path)
+    for frame, t in video_frames(T0, 1.0, size=(96, 80), color=(40, 200, 40)):
+        writer.write(frame.reformat(format="rgb24"), t)
+    [segment] = writer.close()
+    with av.open(segment.local_path) as container:
+        ctx = container.streams.video[0].codec_context
+        assert (ctx.width, ctx.height) == (64, 48)
+    assert mean_rgb(Path(segment.local_path or "")) == pytest.approx((40, 200, 40), abs=6)
+
+
+def test_frame_time_is_the_default_capture_time(tmp_path: Path) -> None:
+    writer = _audio_writer(tmp_path)
+    for frame, _ in tone_frames(T0 + 1.5, 1.0, hz=440):
+        writer.write(frame)  # pts/time_base carry the wall clock
+    [segment] = writer.close()
+    assert segment.start == pytest.approx(T0 + 1.5, abs=0.03)
+
+
+def test_uploads_to_stack_minio(s3: Any, bucket: str, tmp_path: Path) -> None:
+    up = Uploader(s3, bucket, tmp_path / "spool")
+    writers = [
+        HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, "alice", "main", "video"), tmp_path / "v", up, VIDEO,
+                       segment_seconds=2, key_prefix="p", task_id="t"),
+        HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, "alice", "main", "audio"), tmp_path / "a", up, AUDIO,
+                       segment_seconds=2, key_prefix="p", task_id="t"),
+    ]
+    video, audio = writers
+    for frame, t in interleave(video_frames(T0, 5.0), tone_frames(T0, 5.0, hz=440)):
+        (video if isinstance(frame, av.VideoFrame) else audio).write(frame, t)
+    expected = set()
+    for writer in writers:
+        expected |= {s.key for s in writer.close()} | {writer.playlist_key}
+    assert up.close(30)
+    stored = {o.object_name for o in s3.list_objects(bucket, prefix="p/t/", recursive=True)}
+    assert stored == expected
+    body = s3.get_object(bucket, video.playlist_key)
+    listed = playlist.parse(body.read().decode())
+    assert listed.ended and len(listed.entries) == 3
+    assert not list((tmp_path / "v").glob("*.ts")) and not list((tmp_path / "a").glob("*.ts"))
