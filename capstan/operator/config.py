@@ -56,6 +56,8 @@ class OperatorConfig:
             worker_python=os.environ.get("CAPSTAN_WORKER_PYTHON", "python"),
             stop_grace_seconds=_int("CAPSTAN_STOP_GRACE_SECONDS", 120),
             reconcile_interval=float(os.environ.get("CAPSTAN_RECONCILE_INTERVAL", "2.0")),
+            callback_timeout=float(os.environ.get("CAPSTAN_CALLBACK_TIMEOUT", "5.0")),
+            callback_give_up_seconds=float(os.environ.get("CAPSTAN_CALLBACK_GIVE_UP_SECONDS", "90")),
             worker_env=worker_env,
             worker_images={w: os.environ[var] for w, var in WORKER_IMAGE_ENV.items() if os.environ.get(var)},
         )

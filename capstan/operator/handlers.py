@@ -7,16 +7,18 @@ observes the worker Pod, asks `phases.decide` what to do and does it; `stop` not
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 import uuid
 from typing import Any
 
 import kopf
+import kubernetes
 
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
-from capstan.api.common import Phase
-from capstan.operator import children, kube, metrics
+from capstan.api.common import CallbackStatus, Phase, TaskEvent
+from capstan.operator import callbacks, children, kube, metrics
 from capstan.operator.admission import QueueEntry, queue_position
 from capstan.operator.config import FINALIZER, PREFIX, OperatorConfig
 from capstan.operator.phases import TERMINAL, Action, PodObservation, PodState, TaskObservation, decide
@@ -25,6 +27,9 @@ CONFIG = OperatorConfig.from_env()
 _admission_lock = threading.Lock()
 _reserved: dict[str, set[str]] = {info.plural: set() for info in KINDS}
 _TERMINAL_VALUES = {p.value for p in TERMINAL}
+# The delivery state this process last wrote per task uid: a timer tick may still see an older
+# status from the watch, and must not send an event twice because of that.
+_callback_state: dict[str, CallbackStatus] = {}
 
 
 def now() -> str:
@@ -137,11 +142,19 @@ def register(info: KindInfo) -> None:
         if not admitted:
             admitted = _admit(info, body, st, patch, kwargs[queue_id], uid, generation)
         attempt = int(st.get("attempt") or 0)
+        cb_state = _callbacks(info, body, dict(spec), st, patch)
         obs = TaskObservation(
             phase=st.get("phase"), attempt=attempt, failovers=int(st.get("failovers") or 0),
             admitted=admitted, stop_requested=bool(spec.get("stop")), deleting=bool(meta.get("deletionTimestamp")),
-            pod=_observe_pod(info, meta["namespace"], meta["name"], attempt), max_failovers=CONFIG.max_failovers)
+            pod=_observe_pod(info, meta["namespace"], meta["name"], attempt), max_failovers=CONFIG.max_failovers,
+            callbacks_pending=callbacks.pending_count(_events(st), cb_state))
         decision = decide(obs)
+        if decision.action is Action.finish and attempt >= 1:
+            # The worker's last events may not have reached our watch yet: count them from a fresh read.
+            fresh = _fresh_status(info, meta["namespace"], meta["name"])
+            pending = callbacks.pending_count(_events(fresh), cb_state)
+            if pending:
+                decision = decide(dataclasses.replace(obs, callbacks_pending=pending))
         if decision.action is Action.none:
             return
         body_dict = dict(body)
@@ -159,6 +172,10 @@ def register(info: KindInfo) -> None:
             patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
             metrics.FAILOVERS.labels(info.plural).inc()
         elif decision.action in (Action.finish, Action.fail):
+            _callback_state.pop(uid, None)
+            if decision.status.get("phase") == Phase.finished.value and cb_state.failed:
+                decision.status["result"] = {"errorCode": "CallbackFailed",
+                                             "errorMessage": callbacks.failed_message(cb_state.last_error or "")}
             patch.status["finishTime"] = now()
             if not st.get("stopTime"):
                 patch.status["stopTime"] = now()
@@ -184,6 +201,57 @@ def register(info: KindInfo) -> None:
             raise kopf.TemporaryError("waiting for the worker to stop and save its files", delay=1)
         kube.delete_children(info, ns, name)
         _reserved[info.plural].discard(meta["uid"])
+        _callback_state.pop(meta["uid"], None)
+
+
+def _fresh_status(info: KindInfo, namespace: str, name: str) -> dict:
+    obj = kubernetes.client.CustomObjectsApi(kube.client()).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, info.plural, name, _request_timeout=kube.TIMEOUT)
+    return dict(obj.get("status") or {})  # type: ignore[attr-defined]
+
+
+def _events(status: dict) -> list[TaskEvent]:
+    return [TaskEvent.model_validate(e) for e in status.get("events") or []]
+
+
+def _callbacks(info: KindInfo, body: kopf.Body, spec: dict, st: dict, patch: kopf.Patch) -> CallbackStatus:
+    """Deliver the due events of the outbox (or, without spec.callback, mark them done); the new state."""
+    uid = body["metadata"]["uid"]
+    state = CallbackStatus.model_validate(st.get("callbacks") or {})
+    remembered = _callback_state.get(uid)
+    if remembered and (remembered.delivered_seq, remembered.attempts) > (state.delivered_seq, state.attempts):
+        state = remembered
+    events = _events(st)
+    if not callbacks.pending_count(events, state):
+        return state
+    if not spec.get("callback"):
+        new = callbacks.skip_all(events, state)
+    else:
+        ns = body["metadata"]["namespace"]
+        new, attempts = callbacks.deliver_due(
+            info, spec, st, state, lambda name, key: kube.read_secret_key(ns, name, key),
+            lambda url, data, headers: callbacks.deliver(url, data, headers, CONFIG.callback_timeout),
+            CONFIG.callback_give_up_seconds)
+        for tried in attempts:
+            _post_attempt(info, body, events, tried)
+    if new != state:
+        patch.status["callbacks"] = new.model_dump(by_alias=True)
+        _callback_state[uid] = new
+    return new
+
+
+def _post_attempt(info: KindInfo, body: kopf.Body, events: list[TaskEvent], tried: callbacks.Attempt) -> None:
+    metrics.CALLBACKS.labels(info.plural, tried.outcome.value).inc()
+    event = tried.event
+    if tried.outcome is callbacks.Outcome.gave_up:
+        kopf.event(body, type="Warning", reason="CallbackFailed",
+                   message=f"event {event.type} (seq {event.seq}): {callbacks.failed_message(tried.error or '')}")
+    elif tried.key_missing and tried.tries == 1:
+        kopf.event(body, type="Warning", reason="CallbackKeyMissing",
+                   message=f"cannot sign event {event.type} (seq {event.seq}), retrying: {tried.error}")
+    elif (tried.outcome is callbacks.Outcome.delivered and event.type in callbacks.ANNOUNCED_TYPES
+          and not any(e.type == event.type and e.seq < event.seq for e in events)):
+        kopf.event(body, type="Normal", reason="CallbackDelivered", message=f"event {event.type} delivered")
 
 
 def _admit(info: KindInfo, body: kopf.Body, st: dict, patch: kopf.Patch, index: kopf.Index, uid: str,

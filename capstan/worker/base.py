@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,6 +97,8 @@ class Worker:
         self.spec: dict[str, Any] = {}
         self.generation = 0
         self._spec_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.events: list[dict[str, Any]] = []  # our copy of status.events, the callback outbox
+        self._events_lock = threading.Lock()
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
@@ -112,6 +115,25 @@ class Worker:
             self.resource.patch_status(status)
         except (ApiException, OSError) as exc:
             log.warning("status patch failed: %s", exc)
+
+    def emit(self, event_type: int, payload: dict[str, Any]) -> None:
+        """Append an event to the outbox (status.events) for the operator to deliver as a callback.
+
+        Only the worker writes `events`, so the whole list is patched; it starts from what the
+        resource holds, so a failover attempt continues the sequence. A failed patch is retried
+        briefly and otherwise goes out with the next event.
+        """
+        with self._events_lock:
+            seq = max((int(e.get("seq", 0)) for e in self.events), default=0) + 1
+            self.events.append({"seq": seq, "type": event_type, "ts": int(time.time() * 1000),
+                                "payload": payload})
+            for delay in (0.5, 1.0, 0.0):
+                try:
+                    self.resource.patch_status({"events": list(self.events)})
+                    return
+                except (ApiException, OSError) as exc:
+                    log.warning("event %s (seq %s) not written yet: %s", event_type, seq, exc)
+                    time.sleep(delay)
 
     def _observe(self, obj: dict[str, Any]) -> None:
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
@@ -148,6 +170,8 @@ class Worker:
     def run(self, body: Callable[[Worker], int]) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
-        self._observe(self.resource.get())
+        obj = self.resource.get()
+        self.events = list((obj.get("status") or {}).get("events") or [])
+        self._observe(obj)
         threading.Thread(target=self._watch, name="own-resource-watch", daemon=True).start()
         return body(self)

@@ -1,0 +1,194 @@
+"""Callback delivery: the task's outbox (`status.events`) POSTed to `spec.callback.url`, in order,
+at least once (seed 002 "Callbacks are sent…").
+
+Pure part first (body, signature, backoff and give-up, what to do next), then the HTTP adapter.
+The delivery state lives in `status.callbacks`, so an operator restart continues where it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from capstan.api import KindInfo
+from capstan.api.common import CallbackStatus, TaskEvent
+
+EVENT_GROUP_CLOUD_RECORDING = 3
+RESULT_EVENT = 0  # a kind's final result body, sent as it is
+BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)  # after the 1st, 2nd… failed try; then 15 s each
+ANNOUNCED_TYPES = frozenset({301, 302, 305, 306, 310, RESULT_EVENT})  # worth a Normal Event when delivered
+_USER_FIELD = {"CloudRecording": "recorderUserId", "StreamPush": "userId"}
+
+
+def failed_message(error: str) -> str:
+    """How seed 003 reports a callback given up after all tries."""
+    return f"Callback failed even all tries. last error message:{error}"
+
+
+def callback_body(kind_info: KindInfo, spec: dict[str, Any], status: dict[str, Any], event: TaskEvent) -> bytes:
+    """The exact bytes POSTed (and signed) for one event."""
+    if event.type == RESULT_EVENT:
+        body: dict[str, Any] = event.payload
+    else:
+        room = spec.get("room") or {}
+        room_id = room["roomId"] if room.get("roomId") is not None else room.get("strRoomId")
+        body = {"EventGroupId": EVENT_GROUP_CLOUD_RECORDING, "EventType": event.type,
+                "CallbackTs": int(time.time() * 1000),
+                "EventInfo": {"RoomId": room_id, "EventTs": event.ts // 1000,
+                              "UserId": spec.get(_USER_FIELD.get(kind_info.kind, "recorderUserId"), ""),
+                              "TaskId": status.get("taskId", ""), "Payload": event.payload}}
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def sign(key: str, body: bytes) -> str:
+    """`Sign` header: Base64(HMAC-SHA256(key, body))."""
+    return base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
+
+
+def headers(spec: dict[str, Any], body: bytes, key: str | None) -> dict[str, str]:
+    out = {"Content-Type": "application/json"}
+    if key is not None:
+        out["Sign"] = sign(key, body)
+    room = spec.get("room") or {}
+    if room.get("sdkAppId") is not None:
+        out["SdkAppId"] = str(room["sdkAppId"])
+    return out
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait after `attempts` failed tries of one event."""
+    return BACKOFF_SECONDS[min(max(attempts, 1), len(BACKOFF_SECONDS)) - 1]
+
+
+def timestamp(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def parse_timestamp(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def pending_events(events: list[TaskEvent], state: CallbackStatus) -> list[TaskEvent]:
+    """Events not yet done (delivered or given up), in delivery order."""
+    return sorted((e for e in events if e.seq > state.delivered_seq), key=lambda e: e.seq)
+
+
+def pending_count(events: list[TaskEvent], state: CallbackStatus) -> int:
+    return max(max((e.seq for e in events), default=0) - state.delivered_seq, 0)
+
+
+def next_step(events: list[TaskEvent], state: CallbackStatus, now: dt.datetime) -> TaskEvent | None:
+    """The event to send now; None when all are done or the next try is not due yet."""
+    pending = pending_events(events, state)
+    if not pending:
+        return None
+    if state.next_attempt_at and now < parse_timestamp(state.next_attempt_at):
+        return None
+    return pending[0]
+
+
+class Outcome(StrEnum):
+    delivered = "delivered"
+    retry = "retry"
+    gave_up = "gave_up"
+
+
+def after_try(state: CallbackStatus, event: TaskEvent, error: str | None, now: dt.datetime,
+              give_up_seconds: float) -> tuple[CallbackStatus, Outcome]:
+    """The new delivery state after one try of `event` (error None = HTTP 200)."""
+    first = parse_timestamp(state.first_attempt_at) if state.attempts and state.first_attempt_at else now
+    if error is None:
+        return state.model_copy(update={
+            "delivered_seq": event.seq, "delivered": state.delivered + 1, "attempts": 0,
+            "first_attempt_at": None, "next_attempt_at": None}), Outcome.delivered
+    attempts = state.attempts + 1
+    if (now - first).total_seconds() >= give_up_seconds:
+        return state.model_copy(update={
+            "delivered_seq": event.seq, "failed": state.failed + 1, "attempts": 0,
+            "first_attempt_at": None, "next_attempt_at": None, "last_error": error}), Outcome.gave_up
+    return state.model_copy(update={
+        "attempts": attempts, "first_attempt_at": timestamp(first),
+        "next_attempt_at": timestamp(now + dt.timedelta(seconds=backoff(attempts))),
+        "last_error": error}), Outcome.retry
+
+
+def skip_all(events: list[TaskEvent], state: CallbackStatus) -> CallbackStatus:
+    """No callback URL: every event is done at once."""
+    last = max((e.seq for e in events), default=state.delivered_seq)
+    return state.model_copy(update={"delivered_seq": max(last, state.delivered_seq)})
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One try of one event and how it ended."""
+
+    event: TaskEvent
+    outcome: Outcome
+    error: str | None = None
+    tries: int = 1  # tries of this event so far, this one included
+    key_missing: bool = False  # the signing key could not be read; nothing was sent
+
+
+KeyReader = Callable[[str, str], str]  # (secret name, key) -> value; raises KeyError with a message
+Sender = Callable[[str, bytes, dict[str, str]], str | None]  # (url, body, headers) -> error or None
+
+
+def deliver_due(kind_info: KindInfo, spec: dict[str, Any], status: dict[str, Any], state: CallbackStatus,
+                read_key: KeyReader, send: Sender, give_up_seconds: float,
+                clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                max_events: int = 5) -> tuple[CallbackStatus, list[Attempt]]:
+    """Send what is due, in seq order, stopping at the first failure that will be retried."""
+    events = [TaskEvent.model_validate(e) for e in status.get("events") or []]
+    callback = spec["callback"]
+    attempts: list[Attempt] = []
+    key: str | None = None
+    key_error: str | None = None
+    ref = callback.get("signingKeySecretRef")
+    while len(attempts) < max_events:
+        event = next_step(events, state, clock())
+        if event is None:
+            break
+        if ref and key is None and key_error is None:
+            try:
+                key = read_key(ref["name"], ref["key"])
+            except KeyError as exc:
+                key_error = f"spec.callback.signingKeySecretRef: {exc.args[0]}"
+        if key_error is not None:
+            error: str | None = key_error
+        else:
+            body = callback_body(kind_info, spec, status, event)
+            error = send(callback["url"], body, headers(spec, body, key))
+        tries = state.attempts + 1
+        state, outcome = after_try(state, event, error, clock(), give_up_seconds)
+        attempts.append(Attempt(event, outcome, error, tries, key_missing=key_error is not None))
+        if outcome is Outcome.retry:
+            break
+    return state, attempts
+
+
+def deliver(url: str, body: bytes, header_map: dict[str, str], timeout: float = 5.0) -> str | None:
+    """POST once; None when the receiver answered 200, else what went wrong."""
+    request = urllib.request.Request(url, data=body, headers=header_map, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the user's URL
+            code = response.status
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        code = exc.code
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        return f"{type(reason).__name__}:{reason}" if isinstance(reason, BaseException) else str(reason)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        return f"{type(exc).__name__}:{exc}"
+    return None if code == 200 else f"HTTP {code}"
