@@ -63,12 +63,14 @@ class SecretKeyRef(SecretRef):
 
 class RoomBackend(StrEnum):
     livekit = "livekit"
+    janus = "janus"
 
 
 class RoomSpec(CamelModel):
     """The real-time room: TRTC's SdkAppId + RoomId/StrRoomId, mapped onto a LiveKit room."""
 
-    backend: RoomBackend = Field(RoomBackend.livekit, description="Room server kind. Only `livekit` today.")
+    backend: RoomBackend = Field(RoomBackend.livekit,
+                                 description="Room server kind: `livekit` (default) or `janus` (Janus VideoRoom).")
     url: str = Field(description="Room server URL the worker connects to, e.g. ws://livekit.example:7880.",
                      pattern=r"^(wss?|https?)://\S+$", max_length=2048)
     sdk_app_id: int = Field(alias="sdkAppId", ge=1, le=4294967295,
@@ -81,8 +83,8 @@ class RoomSpec(CamelModel):
                                     description="String room id (TRTC StrRoomId); Base64-encoded in file names.")
     credentials_secret_ref: SecretRef = Field(
         alias="credentialsSecretRef",
-        description="Secret with the room server's API credentials, keys `apiKey` and `apiSecret`; "
-                    "the operator mints the worker's access token from it.")
+        description="Secret with the room server's credentials. livekit: keys `apiKey` and `apiSecret`, from "
+                    "which the operator mints the worker's access token; janus: optional key `roomPin`.")
 
     model_config = ConfigDict(json_schema_extra=validations(
         cel("has(self.roomId) || has(self.strRoomId)", "room.roomId or room.strRoomId must be set",

@@ -53,6 +53,11 @@ def _room_env(info: KindInfo, body: dict[str, Any], read: SecretReader, out: Wor
     user_field, identity_field = (("recorderTokenSecretRef", "recorderUserId") if info.worker == "recorder"
                                   else ("userTokenSecretRef", "userId"))
     given = spec.get(user_field)
+    if room.get("backend") == "janus" and not given:
+        # Janus rooms are guarded by an optional PIN, not by minted tokens.
+        out.env.append(children.secret_env("ROOM_TOKEN", room["credentialsSecretRef"]["name"], "roomPin",
+                                           optional=True))
+        return
     if given:
         _check(read, f"spec.{user_field}", given["name"], given["key"])
         out.env.append(children.secret_env("ROOM_TOKEN", given["name"], given["key"]))
