@@ -196,6 +196,7 @@ class HlsWriter:
             self._clock = _AudioClock(audio.sample_rate, buffer=np.zeros((audio.channels, 0), np.float32))
             self._layout = sound.layout.name
             self._resampler: av.AudioResampler | None = None
+        self._audio_encoder: Any = None  # the holder's AAC stream is only the segments' template
         self._holder.start_encoding()
         self._driver = "video" if video is not None else "audio"
 
@@ -265,8 +266,7 @@ class HlsWriter:
         self.closed = True
         if "audio" in self._streams and self._clock.anchor_time is not None:
             self._drain_audio(pad=True)
-            for packet in self._streams["audio"].encode(None):
-                self._route(packet, "audio")
+            self._flush_audio_encoder()
         if "video" in self._streams and self._last_video_ticks is not None:
             for packet in self._streams["video"].encode(None):
                 self._route(packet, "video")
@@ -299,6 +299,8 @@ class HlsWriter:
         clock = self._clock
         if clock.anchor_time is not None:
             self._drain_audio(pad=True)  # finish the previous run; the gap stays a gap
+            self._flush_audio_encoder()
+        self._audio_encoder = self._new_audio_encoder()
         clock.anchor_time, clock.run_input_seconds = when, 0.0
         ticks = self._ticks(when)
         assert ticks is not None
@@ -318,7 +320,8 @@ class HlsWriter:
         return out[0] if len(out) == 1 else np.concatenate(out, axis=1)
 
     def _drain_audio(self, *, pad: bool) -> None:
-        clock, stream = self._clock, self._streams["audio"]
+        clock, encoder = self._clock, self._audio_encoder
+        assert encoder is not None
         buffer = clock.buffer
         if pad and buffer.shape[1] % AAC_FRAME:
             missing = AAC_FRAME - buffer.shape[1] % AAC_FRAME
@@ -329,9 +332,25 @@ class HlsWriter:
             frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout=self._layout)
             frame.sample_rate, frame.pts, frame.time_base = clock.rate, clock.next_pts, Fraction(1, clock.rate)
             clock.next_pts += AAC_FRAME
-            for packet in stream.encode(frame):
+            for packet in encoder.encode(frame):
                 self._route(packet, "audio")
         clock.buffer = buffer[:, whole:]
+
+    def _flush_audio_encoder(self) -> None:
+        if self._audio_encoder is not None:
+            for packet in self._audio_encoder.encode(None):
+                self._route(packet, "audio")
+            self._audio_encoder = None
+
+    def _new_audio_encoder(self) -> Any:
+        """One AAC encoder per continuous run: AAC frames overlap (MDCT), so an encoder fed across a
+        hole would smear the end of one run into a packet stamped just before the next one."""
+        spec = self.audio_spec
+        assert spec is not None
+        encoder = av.CodecContext.create("aac", "w")
+        encoder.sample_rate, encoder.layout, encoder.format = spec.sample_rate, self._layout, "fltp"
+        encoder.bit_rate, encoder.time_base = spec.bitrate, Fraction(1, spec.sample_rate)
+        return encoder
 
     # --- segments ----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from devstack.stack import LOOPBACK, S3_ACCESS_KEY, S3_SECRET_KEY, binaries
 
@@ -52,6 +53,18 @@ class MinioProcess:
                     return
             time.sleep(0.2)
         raise RuntimeError("minio did not become ready")
+
+    def make_bucket(self, client: Any, name: str, timeout: float = 30.0) -> None:
+        """Right after start MinIO may still answer 503 (XMinioServerNotInitialized): retry."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.make_bucket(name)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
 
     def pause(self) -> None:
         assert self.proc is not None

@@ -20,7 +20,7 @@ from tests.storage.minio_proc import MinioProcess
 
 def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path: Path) -> None:
     client = fast_client(private_minio.endpoint)
-    client.make_bucket("rec")  # type: ignore[attr-defined]
+    private_minio.make_bucket(client, "rec")
     errors: list[tuple[str, str]] = []
     up = Uploader(client, "rec", tmp_path / "spool", on_error=lambda c, m: errors.append((c, m)),
                   min_backoff=0.2, max_backoff=2.0, error_interval=3.0)
