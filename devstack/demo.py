@@ -52,6 +52,7 @@ def main() -> int:
     runner = PodRunner(kubeconfig=stack.kubeconfig)
     runner.start()
     operator = OperatorProcess(namespace, {**os.environ, "CAPSTAN_METRICS_PORT": "0",
+                                           "CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE": "base",
                                            "CAPSTAN_RECONCILE_INTERVAL": "1"}, logs / "operator.log")
     operator.start()
     try:

@@ -38,7 +38,9 @@ def operator_factory(stack, crds, pod_runner, namespace, tmp_path) -> Iterator[C
 
     def start(**settings: str) -> OperatorProcess:
         env = {**os.environ, **stack.env(), "CAPSTAN_METRICS_PORT": "0", "CAPSTAN_RECONCILE_INTERVAL": "1",
-               "CAPSTAN_STOP_GRACE_SECONDS": "30", "PYTHONUNBUFFERED": "1", **settings}
+               "CAPSTAN_STOP_GRACE_SECONDS": "30", "PYTHONUNBUFFERED": "1",
+               # lifecycle tests run workers in base mode (no room server); media tests override it
+               "CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE": "base", **settings}
         op = OperatorProcess(namespace, env, tmp_path / f"operator-{len(started)}.log")
         op.start()
         started.append(op)

@@ -1,10 +1,45 @@
-"""The recorder worker (base work only so far: its media pipeline is a later issue)."""
+"""The recorder worker: single-stream recording of one CloudRecording task (see session.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import sys
+
+from capstan.api.cloudrecording import CloudRecordingSpec, RecordMode
+from capstan.recorder.session import RecordingSession
+from capstan.rooms import backend_for
+from capstan.storage.client import client_from_env
+from capstan.storage.uploader import Uploader
 from capstan.worker.base import Worker
-from capstan.worker.placeholder import run_until_stopped
+
+log = logging.getLogger("capstan.recorder")
 
 
 def run(worker: Worker) -> int:
-    return run_until_stopped(worker, "idle", "recorder worker running (media pipeline not built yet)")
+    spec = CloudRecordingSpec.model_validate(worker.spec)
+    if spec.record_mode == RecordMode.mix:
+        worker.report(phase="failed", result={"errorCode": "Unsupported",
+                                              "errorMessage": "recordMode mix is not built yet"})
+        return 3
+    s3 = client_from_env()
+    bucket = os.environ["S3_BUCKET"]
+    holder: dict[str, RecordingSession] = {}
+    uploader = Uploader(s3, bucket, worker.ctx.work_dir / "spool",
+                        on_error=lambda code, message: holder["session"].on_upload_error(code, message))
+    session = RecordingSession(worker, spec, backend_for(os.environ.get("ROOM_BACKEND", "livekit")), uploader,
+                               room_url=os.environ["ROOM_URL"], room_token=os.environ.get("ROOM_TOKEN", ""),
+                               s3_client=s3, bucket=bucket)
+    holder["session"] = session
+    try:
+        reason = asyncio.run(session.run())
+    except Exception as exc:  # noqa: BLE001 - reported, then the operator decides on failover
+        log.exception("recording failed")
+        worker.report(message=f"attempt {worker.ctx.attempt} failed: {exc}"[:1000])
+        uploader.flush(timeout=60)
+        print(f"recorder: {exc}", file=sys.stderr)
+        return 1
+    code = session.finish(reason)
+    uploader.stop()
+    return code

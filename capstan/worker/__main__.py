@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 from capstan.worker.base import OwnResource, Worker, WorkerContext
+from capstan.worker.placeholder import run_until_stopped
 
 ENTRYPOINTS = {"recorder": "capstan.recorder.main", "pusher": "capstan.pusher.main",
                "panorama": "capstan.panorama.main"}
@@ -19,8 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx = WorkerContext.from_env()
+    worker = Worker(ctx, OwnResource(ctx))
+    if os.environ.get("CAPSTAN_WORKER_MODE") == "base":
+        return worker.run(lambda w: run_until_stopped(w, "idle", f"{args[0]} worker in base mode (no media)"))
     module = importlib.import_module(ENTRYPOINTS[args[0]])
-    return Worker(ctx, OwnResource(ctx)).run(module.run)
+    return worker.run(module.run)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
-"""The base work every worker does until its media pipeline exists: report that it runs,
-wait for a stop (spec.stop, deletion, SIGTERM), report that it stopped, exit 0.
+"""Base mode: a worker's lifecycle without media. It reports that it runs, waits for a stop
+(spec.stop, deletion, SIGTERM), reports that it stopped and exits 0.
+
+Workers whose media pipeline is not built yet run only this; any worker runs it when its Pod has
+CAPSTAN_WORKER_MODE=base (set CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE=base on the operator), which
+tests the operator's lifecycle, RBAC and callbacks without a room server, and smoke-tests a new
+cluster.
 
 A CloudRecording also emits TRTC's recorder events (306 failover on a later attempt, 301 start,
 302 stop), so callbacks are exercised end to end before the recorder exists.
@@ -20,7 +25,7 @@ def run_until_stopped(worker: Worker, active_phase: str, what: str) -> int:
         worker.emit(301, {"Status": 0})
     worker.report(phase=active_phase, startTime=now(), workerPod=worker.ctx.pod_name,
                   message=f"attempt {worker.ctx.attempt}: {what}")
-    while not worker.stop_event.wait(1.0):  # nothing to record yet: idle, truthfully
+    while not worker.stop_event.wait(1.0):  # nothing is recorded in base mode: idle, truthfully
         pass
     if trtc_events:
         worker.emit(302, {"LeaveCode": 0})
