@@ -123,6 +123,11 @@ class Uploader:
         if start:
             self._thread.start()
 
+    def start(self) -> None:
+        """Start uploading (for an Uploader made with ``start=False``)."""
+        if not self._thread.is_alive():
+            self._thread.start()
+
     # --- producer side -----------------------------------------------------------------------
 
     def put(self, local_path: str | os.PathLike[str], key: str, content_type: str = "application/octet-stream") -> None:

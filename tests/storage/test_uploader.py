@@ -111,8 +111,9 @@ def test_restart_resumes_from_the_journal(tmp_path: Path) -> None:
     first.put(gone, "gone.ts")
     gone.unlink()  # as if stored and deleted just before a crash, journal entry left behind
     # the process dies here: nothing was uploaded
-    second = Uploader(client, "b", tmp_path / "spool")
-    second.put_bytes(b"v2", "a.m3u8")
+    second = Uploader(client, "b", tmp_path / "spool", start=False)
+    second.put_bytes(b"v2", "a.m3u8")  # replaces the resumed v1, which never went out
+    second.start()
     assert second.flush(10)
     assert client.order == ["a.ts", "a.m3u8"]
     assert client.objects["a.m3u8"] == b"v2"
