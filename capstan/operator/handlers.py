@@ -133,7 +133,7 @@ def register(info: KindInfo) -> None:
             kopf.event(body, type="Normal", reason="StopRequested", message="stop requested; worker finishing")
 
     @kopf.timer(GROUP, VERSION, info.plural, id=f"{info.plural}-reconcile", interval=CONFIG.reconcile_interval,
-                when=lambda status, **_: bool(status.get("taskId")) and status.get("phase") not in _TERMINAL_VALUES)
+                when=lambda status, **_: _needs_reconcile(status))
     def reconcile(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
                   **kwargs: Any) -> None:
         st = dict(status)
@@ -212,6 +212,16 @@ def _fresh_status(info: KindInfo, namespace: str, name: str) -> dict:
 
 def _events(status: dict) -> list[TaskEvent]:
     return [TaskEvent.model_validate(e) for e in status.get("events") or []]
+
+
+def _needs_reconcile(status: kopf.Status) -> bool:
+    """Running tasks, and ended ones whose events still wait for delivery (a failed task's 302)."""
+    if not status.get("taskId"):
+        return False
+    if status.get("phase") not in _TERMINAL_VALUES:
+        return True
+    last = max((int(e.get("seq", 0)) for e in status.get("events") or []), default=0)
+    return last > int((status.get("callbacks") or {}).get("deliveredSeq", 0))
 
 
 def _callbacks(info: KindInfo, body: kopf.Body, spec: dict, st: dict, patch: kopf.Patch) -> CallbackStatus:

@@ -177,3 +177,18 @@ def test_missing_signing_key_is_a_clear_warning(operator, tasks, receiver):
     assert "signingKeySecretRef" in message and "no-such-secret" in message
     assert receiver.tries == 0 and tasks.status("cb-f")["phase"] == "idle"
     tasks.patch_spec("cb-f", {"stop": True})
+
+
+def test_a_failed_task_still_delivers_its_events(operator_factory, tasks, receiver, namespace):
+    """Events written before the worker failed for good are delivered after the task is `failed`."""
+    operator_factory(CAPSTAN_MAX_FAILOVERS="0")
+    receiver.always_fail = True
+    tasks.create(with_callback("cb-g", receiver))
+    wait_for(lambda: receiver.tries >= 1, 30, what="301 tried")
+    podrunner.kill_container(namespace, "cb-g-crec-a1", sig=signal.SIGKILL)
+    tasks.wait_phase("cb-g", "failed", timeout=40)
+    receiver.always_fail = False
+    wait_for(lambda: receiver.types() == [301], 40, what="301 delivered after the task failed")
+    assert wait_for(lambda: (tasks.status("cb-g").get("callbacks") or {}).get("deliveredSeq") == 1, 20,
+                    what="delivery recorded")
+    assert not receiver.bad
