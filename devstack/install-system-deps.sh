@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the stack, the workers and the tests use; a no-op when all are there.
+# janus: the room server (VideoRoom); iproute2: `ip netns` for its network namespace.
 set -euo pipefail
-packages=(ffmpeg redis-server openssl iproute2 sox)
+packages=(ffmpeg redis-server openssl iproute2 sox janus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -14,6 +14,9 @@ Fixtures:
   issued at teardown but not awaited (no namespace controller runs, so it stays Terminating).
 - ``s3``: a ``minio.Minio`` client for the stack's MinIO; ``bucket``: a fresh bucket per test,
   emptied and removed at teardown.
+- ``janus``: the :class:`devstack.stack.StackEnv` once the Janus room server runs (JANUS_URL,
+  JANUS_ADMIN_URL, JANUS_ADMIN_SECRET, JANUS_ADMIN_KEY, ROOM_HOST_ADDRESS); the test *fails*
+  (not skips) with the reason when Janus cannot run here (e.g. not root: no network namespace).
 
 Tests that use any of these are marked ``stack`` automatically, so ``pytest -m 'not stack'``
 runs without the stack.
@@ -32,7 +35,7 @@ import pytest
 
 from devstack.stack import StackEnv, ensure_up
 
-STACK_FIXTURES = frozenset({"stack", "kube_api", "namespace", "s3", "bucket"})
+STACK_FIXTURES = frozenset({"stack", "kube_api", "namespace", "s3", "bucket", "janus"})
 
 # Default (connect, read) timeout for API requests that do not pass their own _request_timeout.
 KUBE_TIMEOUT = (5.0, 60.0)
@@ -40,7 +43,7 @@ KUBE_TIMEOUT = (5.0, 60.0)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "stack: needs the local real stack (devstack): kube-apiserver, etcd, MinIO, Redis"
+        "markers", "stack: needs the local real stack (devstack): kube-apiserver, etcd, MinIO, Redis, Janus"
     )
 
 
@@ -65,6 +68,14 @@ def stack() -> Iterator[StackEnv]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def janus(stack: StackEnv) -> StackEnv:
+    """The stack, with the Janus room server running; fails the test when it cannot run here."""
+    if stack.janus_error:
+        pytest.fail(f"Janus (room server) is not running: {stack.janus_error}", pytrace=False)
+    return stack
 
 
 def new_api_client(kubeconfig: str, timeout: Any = KUBE_TIMEOUT) -> Any:

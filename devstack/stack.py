@@ -1,6 +1,8 @@
-"""The local real stack (DESIGN §9): etcd, kube-apiserver, MinIO and Redis as local processes.
+"""The local real stack (DESIGN §9): etcd, kube-apiserver, MinIO, Redis and Janus as local processes.
 
-No container engine is needed. Everything listens on 127.0.0.1 only. State (certificates,
+No container engine is needed. Everything listens on 127.0.0.1 only, except the Janus room
+server (VideoRoom plugin), which runs in its own network namespace ``capstan-sfu`` and listens
+on 10.213.0.1, reachable from the host through a veth pair (WebRTC ignores loopback). State (certificates,
 data, logs, pid files, the admin kubeconfig) lives in ``$CAPSTAN_STACK_DIR`` (default
 ``~/.cache/capstan/stack``), outside the repository; binaries come from ``devstack/build.sh``.
 
@@ -16,7 +18,8 @@ Python::
     from devstack.stack import ensure_up
     env = ensure_up()          # StackEnv; env.env() is a dict of environment variables
 
-This module uses only the standard library (plus the ``openssl`` and ``redis-server`` programs).
+This module uses only the standard library (plus the ``openssl``, ``redis-server``, ``janus`` and
+``ip`` programs).
 """
 
 from __future__ import annotations
@@ -59,12 +62,37 @@ DEFAULT_PORTS = {
     "redis": ("CAPSTAN_REDIS_PORT", 46379),
 }
 
+# The Janus room server: its own network namespace, joined to the host by a veth pair. The
+# namespace has no default route, so Janus can reach only 10.213.0.0/30 (and its own loopback).
+# CAPSTAN_SFU_NET=N (1..255, default 0) gives a second stack on the same host its own namespace
+# capstan-sfuN, veth csfuN-out/csfuN-in and 10.213.N.0/30.
+SFU_NET = int(os.environ.get("CAPSTAN_SFU_NET") or 0)
+_SFU_SUFFIX = str(SFU_NET) if SFU_NET else ""
+SFU_NETNS = f"capstan-sfu{_SFU_SUFFIX}"
+SFU_HOST_IF = f"csfu{_SFU_SUFFIX}-out"  # host side
+SFU_NS_IF = f"csfu{_SFU_SUFFIX}-in"  # inside the namespace
+SFU_HOST_ADDRESS = f"10.213.{SFU_NET}.2"  # the only local address WebRTC clients may offer (ROOM_HOST_ADDRESS)
+SFU_ADDRESS = f"10.213.{SFU_NET}.1"  # Janus: HTTP API, admin API and its only ICE candidate
+SFU_PREFIX = 30
+JANUS_PORT = 8088
+JANUS_ADMIN_PORT = 7088
+JANUS_RTP_PORTS = "20000-20999"
+# Fixed dev credentials (reachable only from this host, like the MinIO ones).
+JANUS_ADMIN_SECRET = "capstan-janus-admin"  # Janus admin API (general.admin_secret)
+JANUS_ADMIN_KEY = "capstan-room-admin"  # VideoRoom admin_key: needed to create rooms
+JANUS_LIB_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")
+JANUS_PLUGINS_DISABLED = (
+    "audiobridge duktape echotest lua nosip recordplay sip streaming textroom videocall voicemail"
+)
+JANUS_TRANSPORTS_DISABLED = "mqtt nanomsg pfunix rabbitmq websockets"
+JANUS_EVENTS_DISABLED = "gelfevh mqttevh nanomsgevh rabbitmqevh sampleevh wsevh"
+
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 API_AUDIENCES = "https://kubernetes.default.svc"
 
 # Timeouts (seconds).
 PROBE_TIMEOUT = 3.0
-START_TIMEOUTS = {"etcd": 60.0, "kube-apiserver": 180.0, "minio": 90.0, "redis": 20.0}
+START_TIMEOUTS = {"etcd": 60.0, "kube-apiserver": 180.0, "minio": 90.0, "redis": 20.0, "janus": 30.0}
 STOP_TIMEOUT = 15.0
 BUILD_TIMEOUT = 3 * 3600.0
 
@@ -126,6 +154,7 @@ class Paths:
         self.etcd_data = self.root / "etcd"
         self.minio_data = self.root / "minio"
         self.redis_dir = self.root / "redis"
+        self.janus_conf = self.root / "janus"
         self.kubeconfig = self.root / "kubeconfig"
         self.lock = self.root / "lock"
 
@@ -138,8 +167,13 @@ class Paths:
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
 
+    def janus_unavailable(self) -> Path:
+        """Written by `up` when Janus could not be started (why), removed when it runs."""
+        return self.run / "janus.unavailable"
+
     def mkdirs(self) -> None:
-        for d in (self.root, self.pki, self.logs, self.run, self.etcd_data, self.minio_data, self.redis_dir):
+        dirs = (self.root, self.pki, self.logs, self.run, self.etcd_data, self.minio_data, self.redis_dir)
+        for d in (*dirs, self.janus_conf):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.etcd_data, 0o700)  # etcd insists on it
 
@@ -162,6 +196,13 @@ class StackEnv:
     livekit_url: str | None = None
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
+    janus_url: str = f"http://{SFU_ADDRESS}:{JANUS_PORT}/janus"
+    janus_admin_url: str = f"http://{SFU_ADDRESS}:{JANUS_ADMIN_PORT}/admin"
+    janus_admin_secret: str = JANUS_ADMIN_SECRET
+    janus_admin_key: str = JANUS_ADMIN_KEY
+    room_host_address: str = SFU_HOST_ADDRESS
+    # why Janus does not run (e.g. not root: no network namespace); None when it runs or is unknown
+    janus_error: str | None = dataclasses.field(default=None, compare=False)
     # what the `up` call that produced this did (empty when the value was only computed)
     started: list[str] = dataclasses.field(default_factory=list, compare=False)
     reused: list[str] = dataclasses.field(default_factory=list, compare=False)
@@ -174,6 +215,11 @@ class StackEnv:
             "S3_SECRET_KEY": self.s3_secret_key,
             "S3_SECURE": "1" if self.s3_secure else "0",
             "REDIS_URL": self.redis_url,
+            "JANUS_URL": self.janus_url,
+            "JANUS_ADMIN_URL": self.janus_admin_url,
+            "JANUS_ADMIN_SECRET": self.janus_admin_secret,
+            "JANUS_ADMIN_KEY": self.janus_admin_key,
+            "ROOM_HOST_ADDRESS": self.room_host_address,
         }
         if self.livekit_url:
             out["LIVEKIT_URL"] = self.livekit_url
@@ -200,7 +246,15 @@ def stack_env(paths: Paths | None = None) -> StackEnv:
         livekit_url=os.environ.get("CAPSTAN_LIVEKIT_URL") or None,
         livekit_api_key=os.environ.get("CAPSTAN_LIVEKIT_API_KEY") or None,
         livekit_api_secret=os.environ.get("CAPSTAN_LIVEKIT_API_SECRET") or None,
+        janus_error=_read_janus_unavailable(paths),
     )
+
+
+def _read_janus_unavailable(paths: Paths) -> str | None:
+    try:
+        return paths.janus_unavailable().read_text().strip() or None
+    except OSError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -464,6 +518,21 @@ def prepare_builtin_namespaces(paths: Paths) -> None:
         )
 
 
+def probe_janus() -> bool:
+    """Janus answers ``info`` on its HTTP API and has the VideoRoom plugin loaded."""
+
+    def check() -> bool:
+        status, body = http_get(f"http://{SFU_ADDRESS}:{JANUS_PORT}/janus/info")
+        info = json.loads(body)
+        return (
+            status == 200
+            and info.get("janus") == "server_info"
+            and "janus.plugin.videoroom" in info.get("plugins", {})
+        )
+
+    return _ok(check)
+
+
 def port_in_use(p: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(1.0)
@@ -481,9 +550,11 @@ class Component:
     probe: Callable[[Paths], bool]
     ports: tuple[str, ...]
     env: dict[str, str] = dataclasses.field(default_factory=dict)
+    # the program the pid runs when argv[0] execs another one (`ip netns exec ... janus`)
+    program_name: str | None = None
 
     def program(self) -> str:
-        return self.argv(Paths())[0]
+        return self.program_name or self.argv(Paths())[0]
 
 
 def _etcd_argv(paths: Paths) -> list[str]:
@@ -563,6 +634,200 @@ def _redis_argv(paths: Paths) -> list[str]:
     ]
 
 
+# --------------------------------------------------------------------------------------------
+# Janus in its own network namespace
+
+
+class JanusUnavailable(Exception):
+    """Janus cannot run on this machine (no root for the network namespace, no janus program)."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
+    if check and res.returncode != 0:
+        raise StackError(f"ip {' '.join(args)} failed: {res.stderr.strip()}")
+    return res
+
+
+def netns_exists() -> bool:
+    return Path(f"/run/netns/{SFU_NETNS}").exists()
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    args = ("-n", netns) if netns else ()
+    return _ip(*args, "link", "show", "dev", name, check=False).returncode == 0
+
+
+def _write_sysctl(netns: str | None, key: str, value: str) -> None:
+    """Set a per-namespace sysctl (best effort; IPv6 may be absent)."""
+    path = "/proc/sys/" + key.replace(".", "/")
+    cmd = ["sh", "-c", f"test -e {shlex.quote(path)} && echo {value} > {shlex.quote(path)} || true"]
+    if netns:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
+    subprocess.run(cmd, capture_output=True, timeout=30)
+
+
+def ensure_netns() -> None:
+    """Create (idempotently) the namespace ``capstan-sfu`` and the veth pair
+    ``csfu-out`` 10.213.0.2/30 (host) <-> ``csfu-in`` 10.213.0.1/30 (inside), without a default route.
+
+    Raises JanusUnavailable when this process may not create namespaces."""
+    if os.geteuid() != 0:
+        raise JanusUnavailable(
+            f"creating the network namespace {SFU_NETNS} for Janus needs root (this is uid {os.geteuid()}); "
+            "Janus is not started, and tests that need a room server fail"
+        )
+    if shutil.which("ip") is None:
+        raise JanusUnavailable("the `ip` program (Debian iproute2) is missing; run devstack/install-system-deps.sh")
+    if not netns_exists():
+        res = _ip("netns", "add", SFU_NETNS, check=False)
+        if res.returncode != 0 and not netns_exists():
+            raise JanusUnavailable(
+                f"cannot create the network namespace {SFU_NETNS} for Janus: {res.stderr.strip()}"
+            )
+        log(f"created network namespace {SFU_NETNS}")
+    ns_if_inside = _link_exists(SFU_NS_IF, SFU_NETNS)
+    if _link_exists(SFU_HOST_IF) and not ns_if_inside:
+        # left over (its peer is not in our namespace, e.g. the namespace was replaced): recreate
+        _ip("link", "del", SFU_HOST_IF)
+    if not ns_if_inside:
+        if _link_exists(SFU_NS_IF):  # a half-made pair: the inner end is still on the host
+            _ip("link", "set", SFU_NS_IF, "netns", SFU_NETNS)
+        else:
+            _ip("link", "add", SFU_HOST_IF, "type", "veth", "peer", "name", SFU_NS_IF, "netns", SFU_NETNS)
+        log(f"created veth pair {SFU_HOST_IF} (host) <-> {SFU_NS_IF} ({SFU_NETNS})")
+    # No IPv6 on either end (no link-local addresses to offer as ICE candidates or to bind).
+    _write_sysctl(None, f"net.ipv6.conf.{SFU_HOST_IF}.disable_ipv6", "1")
+    _write_sysctl(SFU_NETNS, "net.ipv6.conf.all.disable_ipv6", "1")
+    _write_sysctl(SFU_NETNS, "net.ipv6.conf.default.disable_ipv6", "1")
+    _ip("addr", "replace", f"{SFU_HOST_ADDRESS}/{SFU_PREFIX}", "dev", SFU_HOST_IF)
+    _ip("link", "set", SFU_HOST_IF, "up")
+    _ip("-n", SFU_NETNS, "addr", "replace", f"{SFU_ADDRESS}/{SFU_PREFIX}", "dev", SFU_NS_IF)
+    _ip("-n", SFU_NETNS, "link", "set", SFU_NS_IF, "up")
+    _ip("-n", SFU_NETNS, "link", "set", "lo", "up")
+    # Nobody but us adds routes there; make sure none leads out.
+    routes = _ip("-n", SFU_NETNS, "route", "show", "default").stdout.strip()
+    if routes:
+        raise StackError(f"network namespace {SFU_NETNS} has a default route ({routes}); remove it")
+
+
+def delete_netns() -> bool:
+    """Delete the namespace (which also removes the veth pair). Returns True when it existed."""
+    if not netns_exists():
+        return False
+    _ip("netns", "del", SFU_NETNS)
+    if _link_exists(SFU_HOST_IF):  # normally gone with its peer
+        _ip("link", "del", SFU_HOST_IF, check=False)
+    return True
+
+
+def netns_pids() -> list[int]:
+    if not netns_exists():
+        return []
+    res = _ip("netns", "pids", SFU_NETNS, check=False)
+    return [int(x) for x in res.stdout.split() if x.isdigit()]
+
+
+def janus_config(paths: Paths) -> dict[str, str]:
+    """The files of Janus's configuration folder (``janus -F``), by name."""
+    lib = JANUS_LIB_DIR
+
+    def disabled(names: str) -> str:
+        return ",".join(f"libjanus_{n}.so" for n in names.split())
+
+    return {
+        "janus.jcfg": f"""# Written by devstack/stack.py; rewritten by every `up`.
+general: {{
+	configs_folder = "{paths.janus_conf}"
+	plugins_folder = "{lib / "plugins"}"
+	transports_folder = "{lib / "transports"}"
+	events_folder = "{lib / "events"}"
+	loggers_folder = "{lib / "loggers"}"
+	debug_level = 4
+	debug_timestamps = true
+	interface = "{SFU_ADDRESS}"
+	admin_secret = "{JANUS_ADMIN_SECRET}"
+	server_name = "capstan-devstack"
+}}
+certificates: {{
+}}
+media: {{
+	ipv6 = false
+	rtp_port_range = "{JANUS_RTP_PORTS}"
+}}
+nat: {{
+	# no stun_server / turn_server: Janus never contacts anything outside the namespace
+	ice_enforce_list = "{SFU_NS_IF}"
+	ignore_mdns = true
+}}
+plugins: {{
+	disable = "{disabled(JANUS_PLUGINS_DISABLED)}"
+}}
+transports: {{
+	disable = "{disabled(JANUS_TRANSPORTS_DISABLED)}"
+}}
+loggers: {{
+	disable = "libjanus_jsonlog.so"
+}}
+events: {{
+	broadcast = false
+	disable = "{disabled(JANUS_EVENTS_DISABLED)}"
+}}
+""",
+        "janus.transport.http.jcfg": f"""general: {{
+	json = "indented"
+	base_path = "/janus"
+	http = true
+	port = {JANUS_PORT}
+	ip = "{SFU_ADDRESS}"
+	https = false
+}}
+admin: {{
+	admin_base_path = "/admin"
+	admin_http = true
+	admin_port = {JANUS_ADMIN_PORT}
+	admin_ip = "{SFU_ADDRESS}"
+	admin_https = false
+}}
+cors: {{
+}}
+certificates: {{
+}}
+""",
+        "janus.plugin.videoroom.jcfg": f"""general: {{
+	admin_key = "{JANUS_ADMIN_KEY}"	# `create` must carry it
+	lock_rtp_forward = true
+	string_ids = true	# TRTC room ids and user ids are strings
+	events = false
+}}
+""",
+    }
+
+
+def write_janus_config(paths: Paths) -> bool:
+    """Write the configuration folder; returns True when a file changed."""
+    paths.janus_conf.mkdir(parents=True, exist_ok=True)
+    changed = False
+    for name, text in janus_config(paths).items():
+        f = paths.janus_conf / name
+        if f.exists() and f.read_text() == text:
+            continue
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)
+        tmp.replace(f)
+        changed = True
+    return changed
+
+
+def _janus_argv(paths: Paths) -> list[str]:
+    # `ip netns exec` execs janus in place, so the pid we record is Janus's own.
+    return ["ip", "netns", "exec", SFU_NETNS, "janus", "-F", str(paths.janus_conf), "-o"]
+
+
+JANUS = Component("janus", _janus_argv, lambda p: probe_janus(), (), program_name="janus")
+
+
 COMPONENTS: dict[str, Component] = {
     c.name: c
     for c in (
@@ -581,9 +846,11 @@ COMPONENTS: dict[str, Component] = {
             },
         ),
         Component("redis", _redis_argv, lambda p: probe_redis(), ("redis",)),
+        JANUS,
     )
 }
-START_ORDER = ("etcd", "redis", "minio", "kube-apiserver")
+START_ORDER = ("etcd", "redis", "minio", "kube-apiserver")  # on loopback
+ALL_COMPONENTS = (*START_ORDER, "janus")
 
 
 def _read_pid(paths: Paths, name: str) -> int | None:
@@ -667,7 +934,7 @@ def _start(paths: Paths, comp: Component) -> tuple[int, int]:
 def _wait_healthy(paths: Paths, comp: Component, pid: int, offset: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if comp.probe(paths):
+        if comp.probe(paths) and _pid_alive(pid):
             return
         if not _pid_alive(pid):
             raise StackError(
@@ -744,6 +1011,39 @@ def _ensure_component(
     return _start(paths, comp)
 
 
+def _ensure_janus(paths: Paths, started: list[str], reused: list[str]) -> tuple[int, int] | None:
+    """Namespace, configuration and process for Janus; returns (pid, offset) when started.
+
+    When it cannot run (not root, no janus, another Janus holds the namespace), says so loudly, records why in
+    ``run/janus.unavailable`` (tests that need Janus fail with it) and returns None."""
+    marker = paths.janus_unavailable()
+    try:
+        ensure_netns()
+        pid = running_pid(paths, "janus")
+        if pid is None and probe_janus():
+            # not ours (no pid file of this stack): leave it alone, and do not block the rest
+            raise JanusUnavailable(
+                f"something that is not this stack's Janus already answers at "
+                f"http://{SFU_ADDRESS}:{JANUS_PORT}/janus (pids in network namespace {SFU_NETNS}: "
+                f"{netns_pids()}); stop it (or use another CAPSTAN_SFU_NET) and run `up` again"
+            )
+        if shutil.which("janus") is None or not (JANUS_LIB_DIR / "plugins" / "libjanus_videoroom.so").exists():
+            raise JanusUnavailable(
+                "the Debian package `janus` is not installed; run `make system-deps` "
+                "(devstack/install-system-deps.sh)"
+            )
+    except JanusUnavailable as e:
+        marker.write_text(f"{e}\n")
+        log(f"WARNING: Janus (room server) skipped: {e}")
+        return None
+    marker.unlink(missing_ok=True)
+    if write_janus_config(paths) and pid is not None:
+        log(f"Janus configuration in {paths.janus_conf} changed; restarting janus (pid {pid})")
+        _stop_pid(pid, "janus")
+        paths.pid_file("janus").unlink(missing_ok=True)
+    return _ensure_component(paths, "janus", started, reused)
+
+
 def ensure_up(build_first: bool = True) -> StackEnv:
     """Start whatever part of the stack is not running (idempotent) and wait until it is healthy."""
     paths = Paths()
@@ -766,6 +1066,9 @@ def ensure_up(build_first: bool = True) -> StackEnv:
             res = _ensure_component(paths, name, started, reused)
             if res:
                 pending[name] = res
+        res = _ensure_janus(paths, started, reused)
+        if res:
+            pending["janus"] = res
         for name, (pid, offset) in pending.items():
             _wait_healthy(paths, COMPONENTS[name], pid, offset, START_TIMEOUTS[name])
             log(f"{name} is healthy")
@@ -787,13 +1090,23 @@ def down() -> list[str]:
     paths = Paths()
     stopped = []
     with _locked(paths):
-        for name in reversed(START_ORDER):
+        for name in reversed(ALL_COMPONENTS):
             pid = running_pid(paths, name)
             if pid is not None:
                 log(f"stopping {name} (pid {pid})")
                 _stop_pid(pid, name)
                 stopped.append(name)
             paths.pid_file(name).unlink(missing_ok=True)
+        if os.geteuid() == 0 and netns_exists():
+            others = netns_pids()
+            if others:
+                log(
+                    f"WARNING: network namespace {SFU_NETNS} kept: processes not started by the stack "
+                    f"still run in it (pids {others}); stop them and run `down` again"
+                )
+            else:
+                delete_netns()
+                log(f"deleted network namespace {SFU_NETNS} and veth {SFU_HOST_IF}/{SFU_NS_IF}")
     if not stopped:
         log("nothing was running")
     return stopped
@@ -802,15 +1115,20 @@ def down() -> list[str]:
 def status() -> dict[str, dict[str, object]]:
     paths = Paths()
     out: dict[str, dict[str, object]] = {}
-    for name in START_ORDER:
+    for name in ALL_COMPONENTS:
         comp = COMPONENTS[name]
         pid = running_pid(paths, name)
         out[name] = {
             "pid": pid,
             "healthy": comp.probe(paths) if pid else False,
-            "ports": {p: port(p) for p in comp.ports},
+            "addresses": [f"{LOOPBACK}:{port(p)}" for p in comp.ports],
             "log": str(paths.log_file(name)),
         }
+    out["janus"]["addresses"] = [
+        f"{SFU_ADDRESS}:{JANUS_PORT}",
+        f"{SFU_ADDRESS}:{JANUS_ADMIN_PORT} (netns {SFU_NETNS})",
+    ]
+    out["janus"]["unavailable"] = _read_janus_unavailable(paths)
     return out
 
 
@@ -821,7 +1139,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             env = ensure_up()
-            for name in START_ORDER:
+            for name in ALL_COMPONENTS:
+                if name == "janus" and env.janus_error:
+                    print(f"janus: NOT RUNNING: {env.janus_error}")
+                    continue
                 what = "started" if name in env.started else "reused"
                 print(f"{name}: {what}")
             print(f'KUBECONFIG={env.kubeconfig}  (eval "$(python -m devstack.stack env)" to export)')
@@ -833,13 +1154,15 @@ def main(argv: list[str] | None = None) -> int:
         else:
             any_down = False
             for name, st in status().items():
-                ports = ", ".join(f"{LOOPBACK}:{p}" for p in st["ports"].values())  # type: ignore[union-attr]
+                ports = ", ".join(st["addresses"])  # type: ignore[arg-type]
                 if st["pid"]:
                     state = "healthy" if st["healthy"] else "UNHEALTHY"
                     print(f"{name:15} running  pid {st['pid']:<8} {state:9} {ports}")
                 else:
                     any_down = True
                     print(f"{name:15} stopped  {'':12} {'':9} {ports}")
+                    if st.get("unavailable"):
+                        print(f"{'':15} ({st['unavailable']})")
             return 3 if any_down else 0
     except StackError as e:
         print(f"[devstack] error: {e}", file=sys.stderr)

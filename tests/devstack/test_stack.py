@@ -164,6 +164,11 @@ def test_environment_is_exported(stack: devstack.StackEnv) -> None:
     for key, value in stack.env().items():
         assert os.environ[key] == value
     assert os.environ["S3_SECURE"] == "0"
+    # names the Janus client (capstan/rooms/janus.py) reads
+    assert os.environ["JANUS_URL"] == f"http://{devstack.SFU_ADDRESS}:8088/janus"
+    assert os.environ["JANUS_ADMIN_URL"] == f"http://{devstack.SFU_ADDRESS}:7088/admin"
+    assert os.environ["JANUS_ADMIN_SECRET"] and os.environ["JANUS_ADMIN_KEY"]
+    assert os.environ["ROOM_HOST_ADDRESS"] == devstack.SFU_HOST_ADDRESS
     assert "LIVEKIT_URL" not in stack.env() or os.environ.get("CAPSTAN_LIVEKIT_URL")
     with new_api_client(os.environ["KUBECONFIG"]) as api:
         assert client.VersionApi(api).get_code().git_version
@@ -173,7 +178,8 @@ def test_up_is_idempotent(stack: devstack.StackEnv) -> None:
     before = devstack.status()
     again = devstack.ensure_up()
     assert again.started == []
-    assert sorted(again.reused) == sorted(devstack.START_ORDER)
+    assert again.janus_error is None, again.janus_error
+    assert sorted(again.reused) == sorted(devstack.ALL_COMPONENTS)
     after = devstack.status()
     assert {n: s["pid"] for n, s in after.items()} == {n: s["pid"] for n, s in before.items()}
     assert all(s["healthy"] for s in after.values())
@@ -190,7 +196,7 @@ def test_up_is_idempotent(stack: devstack.StackEnv) -> None:
     )
     assert up.returncode == 0, up.stderr
     assert ": started" not in up.stdout
-    assert all(f"{name}: reused" in up.stdout for name in devstack.START_ORDER)
+    assert all(f"{name}: reused" in up.stdout for name in devstack.ALL_COMPONENTS)
     out = subprocess.run(
         [sys.executable, "-m", "devstack.stack", "env"],
         cwd=REPO,
@@ -201,6 +207,7 @@ def test_up_is_idempotent(stack: devstack.StackEnv) -> None:
     )
     assert out.returncode == 0
     assert f"export KUBECONFIG={stack.kubeconfig}" in out.stdout.splitlines()
+    assert f"export JANUS_URL={stack.janus_url}" in out.stdout.splitlines()
     st = subprocess.run(
         [sys.executable, "-m", "devstack.stack", "status"],
         cwd=REPO,
@@ -246,3 +253,143 @@ def test_everything_listens_on_loopback_only(stack: devstack.StackEnv) -> None:
                     # /proc/net/tcp* hex: 127.0.0.1 and ::1 (MinIO also binds IPv6 loopback)
                     assert addr in LOOPBACK_HEX, f"{name} listens on {listening[inode]}"
     assert seen >= len(devstack.START_ORDER)
+
+
+# --------------------------------------------------------------------------------------------
+# Janus (room server) in its network namespace
+
+
+def _janus_post(url: str, body: dict[str, object]) -> dict[str, object]:
+    body = {**body, "transaction": uuid.uuid4().hex}
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(req, timeout=T) as resp:  # noqa: S310 (10.213.x.1, our namespace)
+        reply: dict[str, object] = json.loads(resp.read())
+    assert reply.get("transaction") == body["transaction"], reply
+    return reply
+
+
+class _VideoRoom:
+    """Just enough of the Janus HTTP API for these tests: a session with one VideoRoom handle."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.session = _janus_post(base, {"janus": "create"})["data"]["id"]  # type: ignore[index]
+        handle = _janus_post(f"{base}/{self.session}", {"janus": "attach", "plugin": "janus.plugin.videoroom"})
+        self.handle = handle["data"]["id"]  # type: ignore[index]
+
+    def request(self, body: dict[str, object]) -> dict[str, object]:
+        """A synchronous VideoRoom request (create, list, destroy, ...): its plugin data."""
+        reply = _janus_post(f"{self.base}/{self.session}/{self.handle}", {"janus": "message", "body": body})
+        assert reply["janus"] == "success", reply
+        return reply["plugindata"]["data"]  # type: ignore[index,no-any-return]
+
+    def message(self, body: dict[str, object]) -> dict[str, object]:
+        """An asynchronous request (join, ...): wait for its event on the long poll."""
+        reply = _janus_post(f"{self.base}/{self.session}/{self.handle}", {"janus": "message", "body": body})
+        assert reply["janus"] == "ack", reply
+        deadline = time.monotonic() + T
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{self.base}/{self.session}?maxev=1", timeout=T + 35) as resp:  # noqa: S310
+                event = json.loads(resp.read())
+            if event.get("transaction") == reply["transaction"] and event["janus"] == "event":
+                return event["plugindata"]["data"]  # type: ignore[no-any-return]
+        raise AssertionError(f"no answer to {body}")
+
+    def close(self) -> None:
+        _janus_post(f"{self.base}/{self.session}", {"janus": "destroy"})
+
+
+def test_janus_answers_info_with_videoroom(janus: devstack.StackEnv) -> None:
+    status, body = devstack.http_get(f"{janus.janus_url}/info", timeout=T)
+    assert status == 200
+    info = json.loads(body)
+    assert info["janus"] == "server_info"
+    assert "janus.plugin.videoroom" in info["plugins"]
+    assert info["transports"].keys() == {"janus.transport.http"}
+    # the admin API wants the admin secret
+    assert _janus_post(janus.janus_admin_url, {"janus": "list_sessions"})["janus"] == "error"
+    ok = _janus_post(janus.janus_admin_url, {"janus": "list_sessions", "admin_secret": janus.janus_admin_secret})
+    assert ok["janus"] == "success", ok
+
+
+def test_videoroom_create_needs_admin_key_and_takes_string_ids(janus: devstack.StackEnv) -> None:
+    room = f"trtc-room-{uuid.uuid4().hex[:8]}"  # TRTC string room id
+    vr = _VideoRoom(janus.janus_url)
+    try:
+        refused = vr.request({"request": "create", "room": room})
+        assert refused["videoroom"] == "event" and "error_code" in refused, refused
+        wrong = vr.request({"request": "create", "room": room, "admin_key": "guess"})
+        assert "error_code" in wrong, wrong
+
+        created = vr.request(
+            {"request": "create", "room": room, "admin_key": janus.janus_admin_key, "secret": "s3cret"}
+        )
+        assert created == {"videoroom": "created", "room": room, "permanent": False}
+        listed = vr.request({"request": "list"})
+        assert room in [r["room"] for r in listed["list"]]  # type: ignore[union-attr]
+
+        # TRTC string user ids work as participant ids.
+        joined = vr.message({"request": "join", "ptype": "publisher", "room": room, "id": "user_a-1", "display": "A"})
+        assert joined["videoroom"] == "joined" and joined["id"] == "user_a-1", joined
+        people = vr.request({"request": "listparticipants", "room": room})
+        assert [p["id"] for p in people["participants"]] == ["user_a-1"]  # type: ignore[union-attr]
+
+        assert vr.request({"request": "destroy", "room": room, "secret": "s3cret"})["videoroom"] == "destroyed"
+    finally:
+        vr.close()
+
+
+def _netns(*argv: str) -> str:
+    res = subprocess.run(
+        ["ip", "netns", "exec", devstack.SFU_NETNS, *argv], capture_output=True, text=True, timeout=T
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_janus_runs_in_its_namespace_and_listens_only_there(janus: devstack.StackEnv) -> None:
+    pid = devstack.running_pid(devstack.Paths(), "janus")
+    assert pid
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{devstack.SFU_NETNS}").st_ino
+    # a session with a handle, so that Janus has whatever sockets it opens for them
+    vr = _VideoRoom(janus.janus_url)
+    try:
+        sockets = [line.split() for line in _netns("ss", "-lntupH").splitlines() if line.strip()]
+        janus_sockets = [f for f in sockets if f'pid={pid},' in f[-1]]
+        assert {f[4] for f in janus_sockets} >= {f"{devstack.SFU_ADDRESS}:8088", f"{devstack.SFU_ADDRESS}:7088"}
+        for f in sockets:  # netid state recv-q send-q local peer process
+            assert f[4].rsplit(":", 1)[0] == devstack.SFU_ADDRESS, f
+    finally:
+        vr.close()
+    # the namespace reaches only 10.213.x.0/30: no default route, one address, no IPv6
+    assert _netns("ip", "route", "show", "default").strip() == ""
+    assert _netns("ip", "-6", "addr").strip() == ""
+    addrs = _netns("ip", "-4", "-o", "addr").split("\n")
+    assert sorted(line.split()[3] for line in addrs if line) == [f"{devstack.SFU_ADDRESS}/30", "127.0.0.1/8"]
+
+
+def test_up_twice_keeps_janus(janus: devstack.StackEnv) -> None:
+    paths = devstack.Paths()
+    before = devstack.running_pid(paths, "janus")
+    for _ in range(2):
+        again = devstack.ensure_up(build_first=False)
+        assert "janus" in again.reused and "janus" not in again.started
+    assert devstack.running_pid(paths, "janus") == before
+    assert devstack.probe_janus()
+
+
+def test_without_root_janus_is_reported_not_silently_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(devstack.os, "geteuid", lambda: 1000)
+    paths = devstack.Paths(tmp_path)
+    paths.mkdirs()
+    started: list[str] = []
+    assert devstack._ensure_janus(paths, started, []) is None
+    assert started == []
+    reason = paths.janus_unavailable().read_text()
+    assert "needs root" in reason and devstack.SFU_NETNS in reason
+    assert "WARNING: Janus (room server) skipped" in capsys.readouterr().err
+    assert devstack.stack_env(paths).janus_error == reason.strip()
