@@ -253,6 +253,9 @@ class JanusSession:
         while True:
             try:
                 async with self.http.get(f"{self.url}/{self.id}", params={"maxev": "10"}, timeout=timeout) as resp:
+                    if resp.status == 404:  # Janus: no such session (expired or destroyed)
+                        self._fail(JanusConnectionLost(458, "the session no longer exists on the server"))
+                        return
                     if resp.status != 200:
                         raise JanusError(0, f"long poll: HTTP {resp.status}")
                     body = await resp.json(content_type=None)
@@ -299,6 +302,9 @@ class JanusSession:
                 await self.post("", {"janus": "keepalive"})
             except asyncio.CancelledError:
                 raise
+            except JanusConnectionLost as exc:
+                self._fail(exc)
+                return
             except Exception as exc:  # noqa: BLE001 - the long poll decides when the session is lost
                 log.debug("janus keepalive failed: %s", exc)
 
@@ -673,6 +679,14 @@ class JanusConnection:
                         self._gone(str(who))
             elif msg.get("janus") == "detached" and not self._closing:
                 await self._left(LeaveReason.removed)
+            await self._prune_feeds()
+
+    async def _prune_feeds(self) -> None:
+        """Close the PeerConnections of feeds none of whose tracks is published any more."""
+        for feed in list(self.feeds):
+            published = {t.track_id for t in self.publishers.get(feed.feed, {}).values()}
+            if not published & {t.track_id for t in feed.tracks.values()}:
+                await feed.close()
 
     async def _left(self, reason: LeaveReason) -> None:
         if self.left is not None:

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
+from capstan.rooms import janus
 from capstan.rooms.base import (
     LeaveReason,
     Left,
@@ -21,7 +22,7 @@ from capstan.rooms.base import (
     TrackPublished,
     TrackUnpublished,
 )
-from capstan.rooms.janus import JanusBackend, JanusConnection, RoomNotFound
+from capstan.rooms.janus import JanusBackend, JanusConnection, JanusConnectionLost, RoomNotFound
 from capstan.rooms.synthetic import SyntheticAnchor
 
 from .conftest import JanusEnv
@@ -222,3 +223,43 @@ def test_create_room_twice_and_kick_unknown_user(janus_env: JanusEnv, room: str)
     assert run(backend.create_room(room, janus_env.admin_key)) is False
     with pytest.raises(Exception, match="433|No such"):
         run(backend.kick(room, "nobody", janus_env.admin_key))
+
+
+def test_unsubscribe_ends_the_iterator_and_closes_the_feed(janus_env: JanusEnv, room: str) -> None:
+    async def scenario() -> None:
+        alice = await anchor(janus_env, room, ALICE).start()
+        conn = await join(janus_env, room)
+        try:
+            seen = await next_events(conn.events().__aiter__(), lambda s: len(published(s)) == 2)
+            video, audio = track_of(seen, "alice", TrackKind.video), track_of(seen, "alice", TrackKind.audio)
+            v, a = conn.subscribe(video), conn.subscribe(audio)
+            await frames(v, 2)
+            await frames(a, 2)
+            assert len(conn.feeds) == 1  # one PeerConnection carries the feed's audio and video
+            await conn.unsubscribe(video)
+            assert await asyncio.wait_for(_drain(v), 5) < 300
+            assert len(await frames(a, 5)) == 5 and len(conn.feeds) == 1
+            await conn.unsubscribe(audio)
+            await asyncio.wait_for(_drain(a), 5)
+            assert conn.feeds == []
+            assert len(await frames(conn.subscribe(video), 2)) == 2  # subscribing again works
+        finally:
+            await alice.stop()
+            await conn.leave()
+
+    run(scenario())
+
+
+def test_lost_session_raises_from_events(janus_env: JanusEnv, room: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(janus, "POLL_TIMEOUT", 2.0)  # Janus holds a long poll for 30 s
+
+    async def scenario() -> None:
+        conn = await join(janus_env, room)
+        try:
+            await conn.session.post("", {"janus": "destroy"})  # as if Janus had expired the session
+            with pytest.raises(JanusConnectionLost):
+                await next_events(conn.events().__aiter__(), lambda s: False)
+        finally:
+            await conn.leave()
+
+    run(scenario())
