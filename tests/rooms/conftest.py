@@ -1,5 +1,6 @@
-"""A real Janus VideoRoom for the room tests: the devstack's (the `stack` fixture), or one named by
-CAPSTAN_TEST_JANUS_URL (+ JANUS_ADMIN_KEY, ROOM_HOST_ADDRESS) for a Janus run by hand."""
+"""A real Janus VideoRoom for the room tests: the devstack's (the `janus` fixture of
+devstack/pytest_plugin.py), or one named by CAPSTAN_TEST_JANUS_URL (+ JANUS_ADMIN_KEY,
+ROOM_HOST_ADDRESS) for a Janus run by hand."""
 
 from __future__ import annotations
 
@@ -22,11 +23,7 @@ def janus_env(request: pytest.FixtureRequest) -> JanusEnv:
     url = os.environ.get("CAPSTAN_TEST_JANUS_URL")
     if url:
         return JanusEnv(url, os.environ.get("JANUS_ADMIN_KEY", ""), os.environ.get("ROOM_HOST_ADDRESS") or None)
-    stack = request.getfixturevalue("stack")
-    if not getattr(stack, "janus_url", None):
-        pytest.skip("the devstack has no Janus")
-    if getattr(stack, "janus_error", None):
-        pytest.skip(f"the devstack's Janus does not run: {stack.janus_error}")
+    stack = request.getfixturevalue("janus")  # devstack: fails with the reason when Janus cannot run
     return JanusEnv(stack.janus_url, stack.janus_admin_key, stack.room_host_address)
 
 

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytest
 
-from capstan.rooms import janus
+from capstan.rooms import janus as janus_module
 from capstan.rooms.base import (
     LeaveReason,
     Left,
@@ -251,7 +251,7 @@ def test_unsubscribe_ends_the_iterator_and_closes_the_feed(janus_env: JanusEnv, 
 
 
 def test_lost_session_raises_from_events(janus_env: JanusEnv, room: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(janus, "POLL_TIMEOUT", 2.0)  # Janus holds a long poll for 30 s
+    monkeypatch.setattr(janus_module, "POLL_TIMEOUT", 2.0)  # Janus holds a long poll for 30 s
 
     async def scenario() -> None:
         conn = await join(janus_env, room)
