@@ -790,6 +790,8 @@ class JanusBackend:
         """Join `room` as the listener participant `identity` (see the module docstring on `hidden`).
 
         `token` is passed as the VideoRoom ``token`` (used only by rooms with an ``allowed`` list).
+        `hidden` is best-effort and implicit: the listener never publishes, so anchors never see it
+        as a publisher, but ``listparticipants`` lists it and ``notify_joining`` rooms announce it.
         Raises RoomNotFound when the room does not exist, JanusError for other refusals.
         """
         session = await JanusSession.create(url or self.url)
