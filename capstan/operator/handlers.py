@@ -21,7 +21,8 @@ from capstan.api.common import CallbackStatus, Phase, TaskEvent
 from capstan.operator import callbacks, children, kube, metrics
 from capstan.operator.admission import QueueEntry, queue_position
 from capstan.operator.config import FINALIZER, PREFIX, OperatorConfig
-from capstan.operator.phases import TERMINAL, Action, PodObservation, PodState, TaskObservation, decide
+from capstan.operator.phases import TERMINAL, Action, Decision, PodObservation, PodState, TaskObservation, decide
+from capstan.operator.worker_env import TaskConfigError, worker_env
 
 CONFIG = OperatorConfig.from_env()
 _admission_lock = threading.Lock()
@@ -159,16 +160,27 @@ def register(info: KindInfo) -> None:
             return
         body_dict = dict(body)
         body_dict["status"] = {**st, **decision.status}
+        if decision.action in (Action.create_pod, Action.replace_pod):
+            try:
+                env = worker_env(info, body_dict, lambda name, key: kube.read_secret_key(meta["namespace"], name, key))
+            except TaskConfigError as exc:
+                decision = Decision(Action.fail, status={"phase": Phase.failed.value, "result": {
+                    "errorCode": "InvalidParameter", "errorMessage": str(exc)}},
+                    event=("Warning", "InvalidParameter", str(exc)))
         if decision.action is Action.create_pod:
             kube.ensure_identity(info, body_dict)
-            created = kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG))
+            for secret in env.secrets:
+                kube.apply_secret(secret)
+            created = kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG, env.env))
             if not created:
                 decision.event = None  # the Pod was already there: nothing new happened
             patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
         elif decision.action is Action.replace_pod:
             kube.delete_pod(meta["namespace"], children.pod_name(info, meta["name"], attempt), grace_seconds=0)
             kube.ensure_identity(info, body_dict)
-            kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG))
+            for secret in env.secrets:
+                kube.apply_secret(secret)
+            kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG, env.env))
             patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
             metrics.FAILOVERS.labels(info.plural).inc()
         elif decision.action in (Action.finish, Action.fail):

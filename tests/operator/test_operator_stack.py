@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import signal
 
@@ -30,6 +31,14 @@ class Tasks:
         self.core = client.CoreV1Api(kube_api)
         self.rbac = client.RbacAuthorizationV1Api(kube_api)
         self.ns = namespace
+
+    def create_credentials(self):
+        """The Secrets ROOM and STORAGE refer to (the worker gets them only as secretKeyRefs)."""
+        for name, data in (("livekit-credentials", {"apiKey": "devkey", "apiSecret": "devsecret" * 4}),
+                           ("storage-credentials", {"accessKey": "capstan", "secretKey": "capstan-secret"})):
+            self.core.create_namespaced_secret(self.ns, {"metadata": {"name": name}, "stringData": data},
+                                               _request_timeout=30)
+        return self
 
     def create(self, obj):
         return self.api.create_namespaced_custom_object(GROUP, VERSION, self.ns, "cloudrecordings", obj,
@@ -76,7 +85,7 @@ class Tasks:
 
 @pytest.fixture
 def tasks(kube_api, namespace):
-    return Tasks(kube_api, namespace)
+    return Tasks(kube_api, namespace).create_credentials()
 
 
 def worker_api(namespace: str, pod: str) -> client.CustomObjectsApi:
@@ -229,3 +238,30 @@ def test_queue_beyond_the_quota(operator_factory, tasks, namespace):
     # clean up: stop everything so the workers exit
     for i in range(101):
         tasks.patch_spec(f"q{i:03d}", {"stop": True})
+
+
+def test_missing_secret_fails_the_task_naming_the_field(operator, kube_api, namespace):
+    tasks = Tasks(kube_api, namespace)  # no credentials Secrets
+    tasks.create(recording("nosecret"))
+    st = tasks.wait_phase("nosecret", "failed")
+    assert st["result"]["errorCode"] == "InvalidParameter"
+    assert st["result"]["errorMessage"].startswith("spec.room.credentialsSecretRef")
+    assert "livekit-credentials" in st["result"]["errorMessage"]
+    assert any(r == "InvalidParameter" for r, _ in tasks.events("nosecret"))
+    assert tasks.pod("nosecret-crec-a1") is None
+
+
+def test_worker_pod_gets_secrets_only_as_references(operator, tasks, namespace):
+    tasks.create(recording("refs"))
+    tasks.wait_phase("refs", "idle")
+    pod = tasks.pod("refs-crec-a1")
+    env = {e.name: e for e in pod.spec.containers[0].env}
+    assert env["ROOM_TOKEN"].value_from.secret_key_ref.name == "refs-crec-token"
+    assert env["S3_SECRET_KEY"].value_from.secret_key_ref.name == "storage-credentials"
+    literal = " ".join(e.value or "" for e in pod.spec.containers[0].env)
+    assert "capstan-secret" not in literal and "devsecret" not in literal
+    token = tasks.core.read_namespaced_secret("refs-crec-token", namespace, _request_timeout=30)
+    assert token.metadata.owner_references[0].name == "refs"
+    assert base64.b64decode(token.data["token"]).count(b".") == 2  # a JWT
+    tasks.patch_spec("refs", {"stop": True})
+    tasks.wait_phase("refs", "finished")

@@ -1,0 +1,308 @@
+"""Single-stream CloudRecording of a real room, end to end: real API server and operator, the pod
+runner, a real Janus VideoRoom with synthetic anchors (a colour and a tone each), real MinIO, and a
+callback receiver that checks every signature. Assertions are on the media in the bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+from kubernetes import client
+
+from capstan.api import GROUP, VERSION
+from capstan.media import naming, playlist
+from capstan.rooms.janus import JanusBackend
+from capstan.rooms.synthetic import SyntheticAnchor
+from devstack import podrunner
+from tests.conftest import wait_for
+from tests.operator.test_callbacks_stack import KEY, Receiver
+from tests.operator.test_operator_stack import Tasks
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
+
+SDKAPPID = 1400000000
+ANCHORS = {"alice": ((220, 40, 40), 440.0), "bob": ((40, 200, 60), 660.0), "carol": ((40, 60, 220), 1000.0)}
+
+
+class Loop:
+    """An asyncio loop in a thread, so synchronous tests can drive anchors and room admin."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float = 30) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return future.result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+class Room:
+    def __init__(self, stack: Any, loop: Loop) -> None:
+        self.stack, self.loop = stack, loop
+        self.name = f"rec-{uuid.uuid4().hex[:8]}"
+        self.admin = JanusBackend(stack.janus_url, host_address=stack.room_host_address)
+        self.anchors: dict[str, SyntheticAnchor] = {}
+        self.started: dict[str, float] = {}
+        self.stopped: dict[str, float] = {}
+        loop.run(self.admin.create_room(self.name, stack.janus_admin_key))
+
+    def start(self, user: str) -> None:
+        color, tone = ANCHORS[user]
+        anchor = SyntheticAnchor(self.stack.janus_url, self.name, user, color=color, tone_hz=tone,
+                                 host_address=self.stack.room_host_address)
+        self.loop.run(anchor.start())
+        self.anchors[user], self.started[user] = anchor, time.time()
+
+    def stop(self, user: str) -> None:
+        self.loop.run(self.anchors.pop(user).stop())
+        self.stopped[user] = time.time()
+
+    def kick(self, user: str) -> None:
+        self.loop.run(self.admin.kick(self.name, user, self.stack.janus_admin_key))
+
+    def destroy(self) -> None:
+        self.loop.run(self.admin.destroy_room(self.name, self.stack.janus_admin_key))
+
+    def close(self) -> None:
+        for user in list(self.anchors):
+            self.stop(user)
+
+
+@pytest.fixture
+def room(janus, kube_api):
+    loop = Loop()
+    r = Room(janus, loop)
+    yield r
+    r.close()
+    loop.close()
+
+
+@pytest.fixture
+def receiver():
+    r = Receiver()
+    yield r
+    r.close()
+
+
+@pytest.fixture
+def recorder_operator(operator_factory, janus):
+    return operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media",
+                            CAPSTAN_WORKER_ENV_ROOM_HOST_ADDRESS=janus.room_host_address)
+
+
+@pytest.fixture
+def tasks(kube_api, namespace, janus):
+    core = client.CoreV1Api(kube_api)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "storage"}, "stringData": {
+        "accessKey": janus.s3_access_key, "secretKey": janus.s3_secret_key}}, _request_timeout=30)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "janus-room"}, "stringData": {}},
+                                  _request_timeout=30)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "callback-key"},
+                                              "stringData": {"key": KEY}}, _request_timeout=30)
+    return Tasks(kube_api, namespace)
+
+
+def recording(name: str, room: Room, bucket: str, receiver: Receiver | None = None, **spec: Any) -> dict:
+    body: dict[str, Any] = {
+        "room": {"backend": "janus", "url": room.stack.janus_url, "sdkAppId": SDKAPPID, "strRoomId": room.name,
+                 "credentialsSecretRef": {"name": "janus-room"}},
+        "recorderUserId": "robot",
+        "video": {"width": 320, "height": 180, "fps": 15, "bitrate": 300000, "gop": 2},
+        "output": {"formats": ["hls", "mp4"], "prefix": "rec", "segmentSeconds": 2},
+        "storage": {"endpoint": room.stack.s3_endpoint, "bucket": bucket, "secure": False,
+                    "credentialsSecretRef": {"name": "storage"}},
+        "maxIdleTime": 30,
+    }
+    if receiver is not None:
+        body["callback"] = {"url": receiver.url, "signingKeySecretRef": {"name": "callback-key", "key": "key"}}
+    body.update(spec)
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudRecording", "metadata": {"name": name}, "spec": body}
+
+
+def objects(s3: Any, bucket: str, task_id: str) -> dict[str, bytes]:
+    prefix = f"rec/{task_id}/"
+    return {o.object_name[len(prefix):]: s3.get_object(bucket, o.object_name).read()
+            for o in s3.list_objects(bucket, prefix=prefix, recursive=True)}
+
+
+def decode(data: bytes, kind: str) -> tuple[list[np.ndarray], float]:
+    """Frames (RGB for video, mono samples for audio) and the duration in seconds."""
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0] if kind == "video" else container.streams.audio[0]
+        frames, first, last = [], None, 0.0
+        for frame in container.decode(stream):
+            t = float(frame.time or 0.0)
+            first = t if first is None else first
+            if kind == "video":
+                last = t + 1 / 15
+                frames.append(frame.to_ndarray(format="rgb24"))
+            else:
+                last = t + frame.samples / frame.sample_rate
+                frames.append(frame.to_ndarray().mean(axis=0))
+    return frames, last - (first or 0.0)
+
+
+def dominant_hz(samples: np.ndarray, rate: int = 48000) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / rate)[int(np.argmax(spectrum))])
+
+
+def playlist_seconds(text: str) -> float:
+    return sum(seg.duration for seg in playlist.parse(text).entries)
+
+
+def test_three_anchors_each_in_their_own_files(recorder_operator, tasks, room, s3, bucket, receiver):
+    for user in ANCHORS:
+        room.start(user)
+    tasks.create(recording("three", room, bucket, receiver))
+    st = tasks.wait_phase("three", "recording", timeout=60)
+    task_id = st["taskId"]
+    wait_for(lambda: len(tasks.status("three").get("anchors", [])) == 3, 30, what="three anchors recorded")
+    time.sleep(6)
+    room.stop("carol")  # carol leaves early: her files end there
+    time.sleep(4)
+    tasks.patch_spec("three", {"stop": True})
+    st = tasks.wait_phase("three", "finished", timeout=180)
+
+    stored = objects(s3, bucket, task_id)
+    for user, (color, tone) in ANCHORS.items():
+        for track in ("audio", "video"):
+            name = naming.single_playlist_name(SDKAPPID, room.name, user, "main", track)
+            assert name in stored, f"{name} missing; stored: {sorted(stored)}"
+            text = stored[name].decode()
+            assert "#EXT-X-TRTC-START-REC-TIME:" in text and "#EXT-X-ENDLIST" in text
+            if track == "video":
+                assert "#EXT-X-TRTC-VIDEO-METADATA:WIDTH:320 HEIGHT:180" in text
+            for seg in playlist.parse(text).entries:
+                assert seg.uri in stored, f"{seg.uri} listed but not stored"
+                parsed = naming.parse_name(seg.uri)
+                assert (parsed.user_id, parsed.track.value if parsed.track else None) == (user, track)
+        mp4 = naming.single_mp4_name(SDKAPPID, room.name, user, "main", 1)
+        assert mp4 in stored, f"{mp4} missing"
+        pictures, _ = decode(stored[mp4], "video")
+        middle = pictures[len(pictures) // 2].reshape(-1, 3).mean(axis=0)
+        assert np.abs(middle - np.array(color)).max() < 30, f"{user}: colour {middle} is not {color}"
+        samples, audio_seconds = decode(stored[mp4], "audio")
+        tail = np.concatenate(samples)[-48000:]
+        assert abs(dominant_hz(tail) - tone) < 15, f"{user}: tone {dominant_hz(tail)} is not {tone}"
+        # each user's audio holds only that user's tone: no other anchor's frequency is strong in it
+        spectrum = np.abs(np.fft.rfft(tail))
+        freqs = np.fft.rfftfreq(len(tail), 1 / 48000)
+        for other, (_, other_tone) in ANCHORS.items():
+            if other != user:
+                near = spectrum[np.abs(freqs - other_tone) < 5].max()
+                assert near < spectrum.max() / 20, f"{other}'s tone found in {user}'s audio"
+
+    # durations: carol published until she left; the others until the stop
+    audio = {u: stored[naming.single_playlist_name(SDKAPPID, room.name, u, "main", "audio")].decode()
+             for u in ANCHORS}
+    start = {u: playlist.parse(t).start_rec_time_ms / 1000 for u, t in audio.items()}
+    carol_expected = room.stopped["carol"] - start["carol"]
+    assert abs(playlist_seconds(audio["carol"]) - carol_expected) < 0.5, (playlist_seconds(audio["carol"]),
+                                                                          carol_expected)
+    assert playlist_seconds(audio["alice"]) > playlist_seconds(audio["carol"]) + 2
+
+    # status tells the truth
+    names = {f["fileName"] for f in st["files"]}
+    assert any(n.endswith("_main_1.mp4") for n in names) and any(n.endswith("_audio.m3u8") for n in names)
+    # callbacks: signed, in order
+    assert not receiver.bad
+    types = receiver.types()
+    assert types[:3] == [301, 303, 307] and 304 in types
+    assert types[-4:] == [302, 310, 305, 0], types
+    assert types.count(307) == 6
+    result = receiver.bodies[-1]
+    assert {f["UserId"] for f in result["Files"]} >= set(ANCHORS) and all(f["Status"] == 1 for f in result["Files"])
+
+
+def test_subscription_change_starts_and_stops_files(recorder_operator, tasks, room, s3, bucket):
+    room.start("alice")
+    room.start("bob")
+    tasks.create(recording("subs", room, bucket, subscribe={"audioAllow": ["alice"], "videoAllow": ["alice"]},
+                           output={"formats": ["hls"], "prefix": "rec", "segmentSeconds": 2}))
+    st = tasks.wait_phase("subs", "recording", timeout=60)
+    time.sleep(5)
+    changed_at = time.time()
+    tasks.patch_spec("subs", {"subscribe": {"audioAllow": [], "videoAllow": [], "videoDeny": ["alice"]}})
+    wait_for(lambda: "bob" in tasks.status("subs").get("anchors", []), 30, what="bob recorded after the change")
+    time.sleep(5)
+    tasks.patch_spec("subs", {"stop": True})
+    tasks.wait_phase("subs", "finished", timeout=120)
+    stored = objects(s3, bucket, st["taskId"])
+
+    def pl(user: str, track: str) -> str | None:
+        data = stored.get(naming.single_playlist_name(SDKAPPID, room.name, user, "main", track))
+        return data.decode() if data else None
+
+    assert pl("alice", "audio") and pl("alice", "video") and pl("bob", "audio") and pl("bob", "video")
+    bob_start = playlist.parse(pl("bob", "audio")).start_rec_time_ms / 1000
+    assert bob_start >= changed_at - 1.0, "bob's audio started before he was subscribed"
+    alice_video = playlist.parse(pl("alice", "video"))
+    alice_video_end = alice_video.start_rec_time_ms / 1000 + playlist_seconds(pl("alice", "video"))
+    assert alice_video_end < changed_at + 3.0, "alice's video went on after videoDeny"
+    assert playlist_seconds(pl("alice", "audio")) > playlist_seconds(pl("alice", "video")) + 3
+
+
+def test_killed_recorder_continues_in_ha1_files(recorder_operator, tasks, room, s3, bucket, namespace, receiver):
+    room.start("alice")
+    tasks.create(recording("ha", room, bucket, receiver))
+    st = tasks.wait_phase("ha", "recording", timeout=60)
+    time.sleep(6)
+    podrunner.kill_container(namespace, "ha-crec-a1", sig=signal.SIGKILL)
+    wait_for(lambda: (s := tasks.status("ha")).get("attempt") == 2 and s.get("phase") == "recording", 90,
+             what="attempt 2 recording")
+    time.sleep(6)
+    tasks.patch_spec("ha", {"stop": True})
+    st = tasks.wait_phase("ha", "finished", timeout=180)
+    stored = objects(s3, bucket, st["taskId"])
+    first = naming.single_playlist_name(SDKAPPID, room.name, "alice", "main", "audio")
+    second = naming.single_playlist_name(SDKAPPID, room.name, "alice", "main", "audio", ha=1)
+    assert first in stored and second in stored, sorted(stored)
+    assert any(k.startswith("ha1_") and k.endswith(".ts") for k in stored)
+    assert 306 in receiver.types() and not receiver.bad
+    # the MP4 is the union of both attempts: it spans both, with the gap of the failover
+    _, seconds = decode(stored[naming.single_mp4_name(SDKAPPID, room.name, "alice", "main", 1)], "audio")
+    both = playlist_seconds(stored[first].decode()) + playlist_seconds(stored[second].decode())
+    assert seconds >= both - 1.0, (seconds, both)
+
+
+@pytest.mark.parametrize("path", ["kick", "destroy", "idle", "delete"])
+def test_each_stop_path_ends_finished_with_files(path, recorder_operator, tasks, room, s3, bucket, receiver):
+    room.start("alice")
+    name = f"stop-{path}"
+    tasks.create(recording(name, room, bucket, receiver, maxIdleTime=5,
+                           output={"formats": ["hls"], "prefix": "rec", "segmentSeconds": 2}))
+    st = tasks.wait_phase(name, "recording", timeout=60)
+    time.sleep(4)
+    if path == "kick":
+        room.kick("robot")
+    elif path == "destroy":
+        room.destroy()
+    elif path == "idle":
+        room.stop("alice")
+    else:
+        tasks.delete(name)
+        wait_for(lambda: tasks.get(name) is None, 120, what="resource gone after the worker stopped")
+    if path != "delete":
+        st = tasks.wait_phase(name, "finished", timeout=120)
+    stored = objects(s3, bucket, st["taskId"])
+    audio = naming.single_playlist_name(SDKAPPID, room.name, "alice", "main", "audio")
+    assert audio in stored and "#EXT-X-ENDLIST" in stored[audio].decode()
+    expected = {"kick": 1, "destroy": 2, "idle": 99, "delete": 0}[path]
+    wait_for(lambda: 302 in receiver.types(), 30, what="302 delivered")
+    leave = next(b for b in receiver.bodies if b["EventType"] == 302)
+    assert leave["EventInfo"]["Payload"]["LeaveCode"] == expected
