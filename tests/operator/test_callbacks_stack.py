@@ -62,7 +62,7 @@ class Receiver:
 
     def types(self) -> list[int]:
         with self.lock:
-            return [b["EventType"] for b in self.bodies]
+            return [b.get("EventType", 0) for b in self.bodies]  # 0: a result body (no TRTC envelope)
 
     def close(self) -> None:
         self.server.shutdown()
