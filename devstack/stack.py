@@ -748,6 +748,7 @@ general: {{
 	interface = "{SFU_ADDRESS}"
 	admin_secret = "{JANUS_ADMIN_SECRET}"
 	server_name = "capstan-devstack"
+	session_timeout = 15  # a dead worker's participant leaves the room 15 s after its last request
 }}
 certificates: {{
 }}

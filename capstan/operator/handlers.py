@@ -200,8 +200,9 @@ def register(info: KindInfo) -> None:
         _post(body, decision.event)
 
     @kopf.on.delete(GROUP, VERSION, info.plural, id=f"{info.plural}-finalize")
-    def finalize(body: kopf.Body, meta: kopf.Meta, status: kopf.Status, **_: Any) -> None:
-        """Keep the resource until its worker has stopped, then remove the children."""
+    def finalize(body: kopf.Body, meta: kopf.Meta, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                 **_: Any) -> None:
+        """Keep the resource until its worker has stopped and its callbacks are out, then remove the children."""
         ns, name = meta["namespace"], meta["name"]
         attempt = int(status.get("attempt") or 0)
         pod = _observe_pod(info, ns, name, attempt)
@@ -211,6 +212,11 @@ def register(info: KindInfo) -> None:
             if pod.state is PodState.pending or waited > CONFIG.stop_grace_seconds:
                 kube.delete_pod(ns, children.pod_name(info, name, attempt))
             raise kopf.TemporaryError("waiting for the worker to stop and save its files", delay=1)
+        # The worker's last events (302, 305, the result) go out before the resource does; the
+        # give-up rule bounds the wait.
+        fresh = _fresh_status(info, ns, name)
+        if callbacks.pending_count(_events(fresh), _callbacks(info, body, dict(spec), fresh, patch)):
+            raise kopf.TemporaryError("delivering the last callbacks", delay=1)
         kube.delete_children(info, ns, name)
         _reserved[info.plural].discard(meta["uid"])
         _callback_state.pop(meta["uid"], None)

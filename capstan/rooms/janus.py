@@ -75,7 +75,10 @@ VIDEOROOM = "janus.plugin.videoroom"
 REQUEST_TIMEOUT = 10.0  # one HTTP request, and a plugin answer that comes as an event
 POLL_TIMEOUT = 45.0  # Janus answers a long poll within 30 s (a keepalive when nothing happened)
 POLL_RETRIES = 3  # consecutive failed polls before the session counts as lost
-KEEPALIVE_INTERVAL = 25.0  # Janus expires sessions after 60 s without traffic
+KEEPALIVE_INTERVAL = 5.0  # Janus expires sessions after session_timeout (60 s; 15 s in the devstack)
+# A failed earlier attempt of the same worker leaves its participant until Janus expires its session;
+# a new attempt waits that long for the id to be free (TRTC kicks the old robot, LeaveCode 101).
+DUPLICATE_ID_WAIT = 60.0
 CONNECT_TIMEOUT = 15.0  # ICE + DTLS of one PeerConnection
 NO_SUCH_FEED_RETRY = 5.0  # a feed exists only once its publisher's DTLS is up
 CLOCK_DRIFT = 0.0005  # how far the RTP-to-wall-clock offset may creep up per media second
@@ -794,6 +797,17 @@ class JanusBackend:
         as a publisher, but ``listparticipants`` lists it and ``notify_joining`` rooms announce it.
         Raises RoomNotFound when the room does not exist, JanusError for other refusals.
         """
+        deadline = asyncio.get_running_loop().time() + DUPLICATE_ID_WAIT
+        while True:
+            try:
+                return await self._join(url, room, identity, token)
+            except JanusError as exc:
+                if exc.code != ERR_ID_EXISTS or asyncio.get_running_loop().time() > deadline:
+                    raise
+                log.info("participant %s is still in room %s (a dead attempt's session); waiting", identity, room)
+                await asyncio.sleep(2.0)
+
+    async def _join(self, url: str, room: str, identity: str, token: str) -> JanusConnection:
         session = await JanusSession.create(url or self.url)
         try:
             listener = await session.attach()
