@@ -268,7 +268,7 @@ class RecordingSession:
             if not self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT):
                 mp4_status = 2
             try:
-                made = [r.to_dict() | {"status": "uploaded"} for r in self._transcode(formats)]
+                made = [r.to_dict() | {"fileName": r.key, "status": "uploaded"} for r in self._transcode(formats)]
             except Exception as exc:  # noqa: BLE001 - HLS is kept; say what failed
                 log.exception("transcode failed")
                 mp4_status = 2

@@ -218,7 +218,11 @@ def test_three_anchors_each_in_their_own_files(recorder_operator, tasks, room, s
 
     # status tells the truth
     names = {f["fileName"] for f in st["files"]}
-    assert any(n.endswith("_main_1.mp4") for n in names) and any(n.endswith("_audio.m3u8") for n in names)
+    for user in ANCHORS:
+        for file_name in (naming.single_mp4_name(SDKAPPID, room.name, user, "main", 1),
+                          naming.single_playlist_name(SDKAPPID, room.name, user, "main", "audio"),
+                          naming.single_playlist_name(SDKAPPID, room.name, user, "main", "video")):
+            assert f"rec/{task_id}/{file_name}" in names, f"status.files lacks {file_name}: {sorted(names)}"
     # callbacks: signed, in order
     assert not receiver.bad
     types = receiver.types()
