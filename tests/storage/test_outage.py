@@ -1,7 +1,8 @@
-"""A storage outage of ~10 s while an HLS writer keeps closing segments: a private MinIO is first frozen
-(SIGSTOP: connections hang, only timeouts notice) and then killed (connections refused), and
-restarted on the same port and data dir. Every file ends up stored, none is lost, the spool
-is empty at the end and on_error was raised."""
+"""A storage outage of over a minute while an HLS writer keeps closing segments (the issue: "a storage
+outage of a minute loses nothing"): a private MinIO is first frozen for 5 s (SIGSTOP: connections hang,
+only timeouts notice), then killed and kept down for 60 s (connections refused) while 0.5 s segments
+keep closing, and restarted on the same port and data dir. Every segment and the final playlist end up
+stored with their sizes, none is lost, the spool is empty at the end and on_error was raised."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ from tests.recorder.frames import tone_frames
 from tests.storage.conftest import fast_client
 from tests.storage.minio_proc import MinioProcess
 
+FREEZE_SECONDS = 5.0
+DOWN_SECONDS = 60.0  # the issue's minute, with the server process gone
+
 
 def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path: Path) -> None:
     client = fast_client(private_minio.endpoint)
@@ -31,7 +35,7 @@ def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path
 
     def produce() -> None:  # a live anchor: 20 ms of tone every 20 ms, capture time = now
         started = time.time()
-        for frame, offset in tone_frames(0.0, 60.0, hz=440, chunk=960):
+        for frame, offset in tone_frames(0.0, 180.0, hz=440, chunk=960):
             if stop.is_set():
                 break
             delay = started + offset - time.time()
@@ -44,12 +48,16 @@ def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path
     try:
         time.sleep(1.5)
         private_minio.pause()  # hung server: only timeouts notice
-        time.sleep(5)
+        time.sleep(FREEZE_SECONDS)
         during_freeze = len(up.pending())
+        closed_before_kill = len(writer.segments)
         private_minio.kill()  # dead server: connections refused
-        time.sleep(5)
+        down_since = time.monotonic()
+        time.sleep(DOWN_SECONDS)
         waiting = len(up.pending())
+        closed_while_down = len(writer.segments) - closed_before_kill
         private_minio.start()  # same port, same data dir
+        down = time.monotonic() - down_since
         time.sleep(1.5)
     finally:
         stop.set()
@@ -59,9 +67,12 @@ def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path
     assert up.close(60), f"still pending: {up.pending()[:5]}"
     drained = time.monotonic() - t0
     print(f"outage: {len(segments)} segments, {during_freeze} files waiting after the freeze, {waiting} before "
-          f"the restart; drained {drained:.1f} s after close; failures={up.stats.failures} "
-          f"superseded playlists={up.stats.superseded} errors={[e[0] for e in errors]}")
-    assert waiting > 10
+          f"the restart ({closed_while_down} segments closed in {down:.1f} s down); drained {drained:.1f} s after "
+          f"close; failures={up.stats.failures} superseded playlists={up.stats.superseded} "
+          f"errors={[e[0] for e in errors]}")
+    assert down >= DOWN_SECONDS
+    assert closed_while_down >= 100  # 0.5 s segments kept closing the whole minute
+    assert waiting > closed_while_down  # all of them (and the frozen part's) still in the spool
     assert errors and {e[0] for e in errors} == {"NetworkError"}
     stored = {o.object_name for o in client.list_objects("rec", prefix="rec/task-1/", recursive=True)}  # type: ignore[attr-defined]
     assert stored == {s.key for s in segments} | {writer.playlist_key}
