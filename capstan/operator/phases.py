@@ -13,6 +13,9 @@ from enum import StrEnum
 
 from capstan.api.common import Phase
 
+# A worker that exits with this code refused the task (bad configuration): retrying cannot help,
+# so there is no failover; the worker has written status.result itself.
+EXIT_TASK_REFUSED = 3
 TERMINAL = frozenset({Phase.finished, Phase.failed, Phase.canceled})
 WORKER_PHASES = frozenset({Phase.idle, Phase.recording, Phase.pushing, Phase.paused, Phase.transcode,
                            Phase.upload})
@@ -102,6 +105,10 @@ def decide(obs: TaskObservation) -> Decision:
     if pod.state is PodState.succeeded:
         return _after_worker(obs)
     # Failed.
+    if pod.exit_code == EXIT_TASK_REFUSED:
+        return Decision(Action.fail, status={"phase": Phase.failed.value},
+                        event=("Warning", "TaskRefused", f"worker attempt {pod.attempt} refused the task; "
+                                                         "see status.result"))
     if obs.stop_requested or obs.deleting:
         return Decision(Action.fail, status={"phase": Phase.failed.value,
                                              "result": {"errorCode": "WorkerFailed",

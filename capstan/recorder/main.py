@@ -8,8 +8,9 @@ import os
 import sys
 
 from capstan.api.cloudrecording import CloudRecordingSpec, RecordMode
+from capstan.operator.phases import EXIT_TASK_REFUSED
 from capstan.recorder.session import RecordingSession
-from capstan.rooms import backend_for
+from capstan.rooms import BackendUnavailable, backend_for
 from capstan.storage.client import client_from_env
 from capstan.storage.uploader import Uploader
 from capstan.worker.base import Worker
@@ -20,15 +21,17 @@ log = logging.getLogger("capstan.recorder")
 def run(worker: Worker) -> int:
     spec = CloudRecordingSpec.model_validate(worker.spec)
     if spec.record_mode == RecordMode.mix:
-        worker.report(phase="failed", result={"errorCode": "Unsupported",
-                                              "errorMessage": "recordMode mix is not built yet"})
-        return 3
+        return refuse(worker, "Unsupported", "spec.recordMode: mix is not built yet")
+    try:
+        backend = backend_for(os.environ.get("ROOM_BACKEND", "livekit"))
+    except BackendUnavailable as exc:
+        return refuse(worker, "BackendUnavailable", f"spec.room.backend: {exc}")
     s3 = client_from_env()
     bucket = os.environ["S3_BUCKET"]
     holder: dict[str, RecordingSession] = {}
     uploader = Uploader(s3, bucket, worker.ctx.work_dir / "spool",
                         on_error=lambda code, message: holder["session"].on_upload_error(code, message))
-    session = RecordingSession(worker, spec, backend_for(os.environ.get("ROOM_BACKEND", "livekit")), uploader,
+    session = RecordingSession(worker, spec, backend, uploader,
                                room_url=os.environ["ROOM_URL"], room_token=os.environ.get("ROOM_TOKEN", ""),
                                s3_client=s3, bucket=bucket)
     holder["session"] = session
@@ -43,3 +46,10 @@ def run(worker: Worker) -> int:
     code = session.finish(reason)
     uploader.stop()
     return code
+
+
+def refuse(worker: Worker, code: str, message: str) -> int:
+    """End an attempt that cannot succeed however often it is retried."""
+    worker.report(result={"errorCode": code, "errorMessage": message}, message=message)
+    print(f"recorder: {message}", file=sys.stderr)
+    return EXIT_TASK_REFUSED

@@ -265,3 +265,13 @@ def test_worker_pod_gets_secrets_only_as_references(operator, tasks, namespace):
     assert base64.b64decode(token.data["token"]).count(b".") == 2  # a JWT
     tasks.patch_spec("refs", {"stop": True})
     tasks.wait_phase("refs", "finished")
+
+
+def test_livekit_task_is_refused_clearly_without_failover(operator_factory, tasks):
+    """LiveKit cannot run here, so its adapter is not built: such a task fails at once, naming why."""
+    operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media")
+    tasks.create(recording("lk"))
+    st = tasks.wait_phase("lk", "failed", timeout=60)
+    assert st["attempt"] == 1 and st["failovers"] == 0
+    assert st["result"]["errorCode"] == "BackendUnavailable"
+    assert st["result"]["errorMessage"].startswith("spec.room.backend: room backend livekit")

@@ -54,3 +54,8 @@ def test_stop_before_start_cancels():
 
 def test_terminal_is_final():
     assert decide(obs(phase="finished", attempt=1)).action is Action.none
+
+
+def test_a_refused_task_fails_without_failover():
+    d = decide(obs(phase="idle", attempt=1, pod=PodObservation(PodState.failed, 1, exit_code=3)))
+    assert d.action is Action.fail and d.status == {"phase": "failed"}
