@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ import numpy as np
 from capstan.media import naming
 from capstan.media.naming import FileKind, MediaId, RecordingName, TrackType
 from capstan.storage.uploader import Uploader
+
+log = logging.getLogger(__name__)
 
 MP4_MAX_BYTES = 2 * 1024**3
 MP4_MAX_SECONDS = 24 * 3600
@@ -508,14 +511,18 @@ def finalize(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records: list[FileRecord] = []
-    for group in group_segments(segment_paths):
+    for group in group_segments(p for p in segment_paths if _readable(p)):
         made: list[tuple[Path, FileRecord]] = []
-        if mp4:
-            made += write_mp4s(group, out, max_bytes=mp4_max_bytes, max_seconds=mp4_max_seconds)
-        if mp3 and (group.user_id is None or group.media_id is MediaId.MAIN):
-            result = write_mp3(group, out, bitrate=mp3_bitrate)
-            if result is not None:
-                made.append(result)
+        try:
+            if mp4:
+                made += write_mp4s(group, out, max_bytes=mp4_max_bytes, max_seconds=mp4_max_seconds)
+            if mp3 and (group.user_id is None or group.media_id is MediaId.MAIN):
+                result = write_mp3(group, out, bitrate=mp3_bitrate)
+                if result is not None:
+                    made.append(result)
+        except (av.FFmpegError, ValueError, OSError) as exc:  # one stream's damage must not cost the others
+            log.error("no MP4/MP3 for %s/%s: %s", group.user_id, group.media_id, exc)
+            continue
         for path, record in made:
             key = naming.object_key(record.file_name, prefix=key_prefix, task_id=task_id)
             record = FileRecord(**{**record.__dict__, "key": key})
@@ -524,6 +531,16 @@ def finalize(
                 uploader.put(path, key, content)
             records.append(record)
     return records
+
+
+def _readable(path: str | os.PathLike[str]) -> bool:
+    """A segment that holds at least one packet (a crash or a stop can leave an empty or cut file)."""
+    try:
+        with av.open(os.fspath(path), timeout=OPEN_TIMEOUT_SECONDS) as container:
+            return any(packet.size for packet in container.demux())
+    except (av.FFmpegError, OSError) as exc:
+        log.warning("skipping unreadable segment %s: %s", os.fspath(path), exc)
+        return False
 
 
 def finalize_directory(directory: str | os.PathLike[str], out_dir: str | os.PathLike[str], **kwargs: Any

@@ -388,6 +388,9 @@ class HlsWriter:
         assert segment is not None
         self._segment = None
         segment.container.close()
+        if segment.end_ticks <= segment.start_ticks:  # no packet reached it (a stop right at a cut)
+            Path(str(segment.path) + ".part").unlink(missing_ok=True)
+            return
         os.replace(str(segment.path) + ".part", segment.path)
         end = segment.end_ticks
         last = segment.video_last
