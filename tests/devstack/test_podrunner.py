@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from devstack.harness import wait_for
 from devstack.podrunner import (
     ContainerConfigError,
     PathRewriter,
@@ -231,14 +232,7 @@ def test_exit_codes() -> None:
 
 
 def _wait(predicate: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+    return wait_for(predicate, timeout, interval=0.2, what=what)
 
 
 @pytest.fixture
