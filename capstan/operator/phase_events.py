@@ -1,22 +1,47 @@
-"""A Kubernetes Event for every phase change, including the ones the worker reports itself.
+"""Kubernetes Events for what the worker reports: every phase change, and every event it puts
+in its outbox (TRTC 301–312, result bodies), so `kubectl describe` mirrors the callbacks.
 
 Workers may not create Events (their Role names only their own resource), so the operator
-watches the phase and posts `PhaseChanged` events on their behalf.
+watches the status and posts them on their behalf.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kopf
 
 from capstan.api import GROUP, KINDS, VERSION
 
+EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 304: "FileInfo",
+                 305: "UploadStop", 306: "Failover", 307: "FileSlice", 308: "UploadError",
+                 309: "ImageDownloadError", 310: "Mp4Stop", 311: "VodCommit", 312: "VodStop", 0: "Result"}
+WARNING_TYPES = {308, 309}
+
+
+def _mirror_outbox(body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:
+    events = status.get("events") or []
+    last = max((int(e.get("seq", 0)) for e in events), default=0)
+    seen = memo.get("last_event_seq")
+    memo["last_event_seq"] = last
+    if seen is None:
+        return  # first sight after a (re)start: these were mirrored before
+    for event in sorted(events, key=lambda e: int(e.get("seq", 0))):
+        if int(event.get("seq", 0)) <= seen:
+            continue
+        kind = int(event.get("type", 0))
+        payload = json.dumps(event.get("payload") or {}, separators=(",", ":"), ensure_ascii=False)
+        kopf.event(body, type="Warning" if kind in WARNING_TYPES else "Normal",
+                   reason=EVENT_REASONS.get(kind, f"Event{kind}"), message=f"{kind} {payload}"[:1000])
+
 
 def register(plural: str) -> None:
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-phase-events")
     def phase_changed(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, type: str | None,
                       **_: Any) -> None:
+        if type != "DELETED":
+            _mirror_outbox(body, status, memo)
         phase = status.get("phase")
         last = memo.get("last_phase")
         if type == "DELETED" or not phase or phase == last:

@@ -229,6 +229,10 @@ def test_three_anchors_each_in_their_own_files(recorder_operator, tasks, room, s
     assert types[:3] == [301, 303, 307] and 304 in types
     assert types[-4:] == [302, 310, 305, 0], types
     assert types.count(307) == 6
+    reasons = [r for r, _ in tasks.events("three")]  # Kubernetes Events mirror the callbacks
+    for reason in ("RecorderStart", "UploadStart", "FileSlice", "FileInfo", "RecorderStop", "Mp4Stop", "UploadStop",
+                   "Result"):
+        assert reason in reasons, reasons
     result = receiver.bodies[-1]
     assert {f["UserId"] for f in result["Files"]} >= set(ANCHORS) and all(f["Status"] == 1 for f in result["Files"])
 
@@ -310,3 +314,25 @@ def test_each_stop_path_ends_finished_with_files(path, recorder_operator, tasks,
     wait_for(lambda: 302 in receiver.types(), 30, what="302 delivered")
     leave = next(b for b in receiver.bodies if b["EventType"] == 302)
     assert leave["EventInfo"]["Payload"]["LeaveCode"] == expected
+
+
+def test_audio_only_recording_gives_one_mp3_per_anchor(recorder_operator, tasks, room, s3, bucket):
+    """The single-stream function's mode 00: audio only, MP3 per user."""
+    room.start("alice")
+    room.start("bob")
+    tasks.create(recording("mp3", room, bucket, streamType="audio",
+                           output={"formats": ["hls", "mp3"], "prefix": "rec", "segmentSeconds": 2}))
+    st = tasks.wait_phase("mp3", "recording", timeout=60)
+    time.sleep(6)
+    tasks.patch_spec("mp3", {"stop": True})
+    st = tasks.wait_phase("mp3", "finished", timeout=120)
+    stored = objects(s3, bucket, st["taskId"])
+    assert not any(naming.USER_START in k and "_video" in k for k in stored), "video recorded in audio mode"
+    mp3s = {k: v for k, v in stored.items() if k.endswith(".mp3")}
+    assert len(mp3s) == 2, sorted(stored)
+    for user in ("alice", "bob"):
+        (data,) = [v for k, v in mp3s.items() if naming.encode_id(user) in k]
+        samples, seconds = decode(data, "audio")
+        assert seconds > 4
+        assert abs(dominant_hz(np.concatenate(samples)[-48000:]) - ANCHORS[user][1]) < 15
+    assert {f["fileName"].rsplit("/", 1)[-1] for f in st["files"]} >= {k for k in mp3s}
