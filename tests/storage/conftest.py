@@ -10,10 +10,11 @@ from tests.storage.minio_proc import MinioProcess
 
 
 @pytest.fixture
-def private_minio(tmp_path: Path) -> Iterator[MinioProcess]:
+def private_minio(stack, tmp_path: Path) -> Iterator[MinioProcess]:
+    """A MinIO of this test's own (the stack built the binary), which the test may stop and restart."""
     server = MinioProcess(tmp_path / "minio")
     if not server.binary.exists():
-        pytest.skip(f"MinIO binary not built: {server.binary}")
+        pytest.fail(f"MinIO binary not built: {server.binary} (run `make stack-up`)", pytrace=False)
     server.start()
     try:
         yield server
