@@ -275,3 +275,29 @@ def test_livekit_task_is_refused_clearly_without_failover(operator_factory, task
     assert st["attempt"] == 1 and st["failovers"] == 0
     assert st["result"]["errorCode"] == "BackendUnavailable"
     assert st["result"]["errorMessage"].startswith("spec.room.backend: room backend livekit")
+
+
+def test_operator_exposes_prometheus_metrics(operator_factory, tasks):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    operator_factory(CAPSTAN_METRICS_PORT=str(port), CAPSTAN_METRICS_ADDR="127.0.0.1")
+    tasks.create(recording("metered"))
+    tasks.wait_phase("metered", "idle")
+    tasks.patch_spec("metered", {"stop": True})
+    tasks.wait_phase("metered", "finished")
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def finished_counted() -> str | None:
+        text = scrape()
+        return text if 'phase="finished"' in text else None
+
+    text = wait_for(finished_counted, 30, what="metrics")
+    assert 'capstan_tasks_accepted_total{kind="cloudrecordings"} 1.0' in text
+    assert 'capstan_tasks_ended_total{kind="cloudrecordings",phase="finished"} 1.0' in text
