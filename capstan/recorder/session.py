@@ -130,8 +130,10 @@ class RecordingSession:
         self.emit(RECORDER_START, {"Status": 0})
         self.emit(UPLOAD_START, {"Status": 0})
         self.worker.report(phase="idle", startTime=now(), message=f"attempt {self.ctx.attempt}: joined the room")
-        reason = await self._follow_room()
-        await self._stop_all()
+        try:
+            reason = await self._follow_room()
+        finally:
+            await self._stop_all()  # also when the room connection is lost: close and store open segments
         if reason is not LeaveReason.removed and reason is not LeaveReason.room_closed:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.conn.leave(), timeout=10)
@@ -147,37 +149,36 @@ class RecordingSession:
             self.loop.call_soon_threadsafe(self.spec_changed.set)
 
     async def _follow_room(self) -> LeaveReason:
+        """Room events and spec changes until we leave; a stop request is noticed within a second."""
         assert self.conn is not None
         events = self.conn.events().__aiter__()
-        next_event: asyncio.Task[Any] = asyncio.ensure_future(events.__anext__())
-        stop = asyncio.ensure_future(asyncio.to_thread(self.worker.stop_event.wait))
-        while True:
-            changed = asyncio.ensure_future(self.spec_changed.wait())
-            done, _ = await asyncio.wait({next_event, stop, changed}, timeout=1.0,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if not changed.done():
-                changed.cancel()
-            if stop in done:
+        next_event: asyncio.Future[Any] = asyncio.ensure_future(events.__anext__())
+        try:
+            while not self.worker.stop_event.is_set():
+                changed = asyncio.ensure_future(self.spec_changed.wait())
+                done, _ = await asyncio.wait({next_event, changed}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
+                if not changed.done():
+                    changed.cancel()
+                if changed in done:
+                    self.spec_changed.clear()
+                    self._apply_subscriptions()
+                if next_event in done:
+                    try:
+                        event = next_event.result()
+                    except StopAsyncIteration:
+                        return LeaveReason.room_closed
+                    if isinstance(event, Left):
+                        self.worker.request_stop(f"left the room: {event.reason.value}")
+                        return event.reason
+                    self._on_room_event(event)
+                    next_event = asyncio.ensure_future(events.__anext__())
+                if self._idle_too_long():
+                    self.worker.request_stop(f"no anchor published for {self.spec.max_idle_time} s (maxIdleTime)")
+                    return LeaveReason.idle
+            return LeaveReason.normal
+        finally:
+            if not next_event.done():
                 next_event.cancel()
-                return LeaveReason.normal
-            if changed in done:
-                self.spec_changed.clear()
-                self._apply_subscriptions()
-            if next_event in done:
-                try:
-                    event = next_event.result()
-                except StopAsyncIteration:
-                    return LeaveReason.room_closed
-                if isinstance(event, Left):
-                    stop.cancel()
-                    self.worker.request_stop(f"left the room: {event.reason.value}")
-                    return event.reason
-                self._on_room_event(event)
-                next_event = asyncio.ensure_future(events.__anext__())
-            if self._idle_too_long():
-                next_event.cancel()
-                self.worker.request_stop(f"no anchor published for {self.spec.max_idle_time} s (maxIdleTime)")
-                return LeaveReason.idle
 
     def _idle_too_long(self) -> bool:
         if self.state.published:
