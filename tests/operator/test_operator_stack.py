@@ -102,6 +102,9 @@ def test_worker_runs_with_its_own_narrow_identity(operator, tasks, namespace):
     tasks.create(recording("alpha"))
     tasks.create(recording("beta", stop=True))  # another task, never started
     st = tasks.wait_phase("alpha", "idle")
+    annotations = tasks.get("alpha")["metadata"].get("annotations") or {}
+    assert any(k.startswith("capstan.dev/") for k in annotations), annotations  # kopf state under our prefix
+    assert not any(k.startswith("kopf.zalando.org/") for k in annotations), annotations
     assert st["attempt"] == 1 and st["taskId"] and st["room"] == "1234"
     assert st["workerPod"] == "alpha-crec-a1"
     assert "attempt 1" in st["message"]  # written by the worker itself
