@@ -69,7 +69,7 @@ def stream_key(track: RemoteTrack) -> tuple[str, str, str]:
 
 def wanted(spec: CloudRecordingSpec, track: RemoteTrack) -> bool:
     """Whether `spec` asks to record this track (stream type and subscribe lists)."""
-    if track.kind is TrackKind.audio:
+    if track.kind is TrackKind.AUDIO:
         return spec.stream_type != StreamType.video and spec.subscribe.wants_audio(track.user_id)
     return spec.stream_type != StreamType.audio and spec.subscribe.wants_video(track.user_id)
 
@@ -223,7 +223,7 @@ class RecordingSession:
     def _new_recording(self, track: RemoteTrack) -> TrackRecording:
         names = StreamNames.single(self.spec.room.sdk_app_id, self.room_id, track.user_id, track.media_id.value,
                                    track.kind.value, ha=self.ctx.attempt - 1)
-        spec = self.spec.video if track.kind is TrackKind.video else self.spec.audio
+        spec = self.spec.video if track.kind is TrackKind.VIDEO else self.spec.audio
         writer = HlsTrackWriter(
             names, self.work / "segments" / f"{track.user_id}-{track.media_id.value}-{track.kind.value}",
             self.uploader, spec, segment_seconds=self.spec.output.segment_seconds,

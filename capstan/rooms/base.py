@@ -16,15 +16,10 @@ from typing import Protocol
 
 import av
 
+from capstan.media.naming import MediaId, TrackType
 
-class TrackKind(StrEnum):
-    audio = "audio"
-    video = "video"
-
-
-class MediaId(StrEnum):
-    main = "main"  # camera / microphone
-    aux = "aux"  # screen share
+# The same vocabulary as the file names (seed 002): one enum each, shared with capstan.media.naming.
+TrackKind = TrackType
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,7 @@ def tracks_of(publisher: dict[str, Any]) -> dict[str, RemoteTrack]:
             continue
         mid = str(stream["mid"])
         description = str(stream.get("description") or "main").lower()
-        media = MediaId.aux if description == "aux" else MediaId.main
+        media = MediaId.AUX if description == "aux" else MediaId.MAIN
         out[mid] = RemoteTrack(user_id, media, TrackKind(kind), f"{user_id}/{mid}")
     return out
 
@@ -718,11 +718,11 @@ class JanusConnection:
         if feed is None:
             carried = {m for f in self.feeds if f.feed == track.user_id and not f.closed for m in f.tracks}
             wanted = {mid: track}
-            audio = track.kind is TrackKind.audio
+            audio = track.kind is TrackKind.AUDIO
             for m, t in published.items():
                 if m in carried or m in wanted:
                     continue
-                if t.kind is TrackKind.audio:
+                if t.kind is TrackKind.AUDIO:
                     if audio:
                         continue  # aiortc: one audio m-line per PeerConnection
                     audio = True

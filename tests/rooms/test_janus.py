@@ -127,16 +127,16 @@ def test_two_anchors_colours_and_tones(janus_env: JanusEnv, room: str) -> None:
         try:
             events = conn.events().__aiter__()
             seen = await next_events(events, lambda s: len(published(s)) == 4)
-            assert published(seen) == {(u, MediaId.main, k) for u in ("alice", "bob") for k in TrackKind}
+            assert published(seen) == {(u, MediaId.MAIN, k) for u in ("alice", "bob") for k in TrackKind}
             assert [e.track.user_id for e in seen[:2]] == ["alice", "alice"]  # already published: first
             for user, color, tone in (ALICE, BOB):
-                video = await frames(conn.subscribe(track_of(seen, user, TrackKind.video)), 8)
+                video = await frames(conn.subscribe(track_of(seen, user, TrackKind.VIDEO)), 8)
                 rgb = mean_rgb(video[-1])
                 assert np.abs(rgb - np.array(color)).max() < 12, (user, rgb, color)
                 assert video[-1].frame.width == 320 and video[-1].frame.height == 180  # type: ignore[union-attr]
                 times = [t.time for t in video]
                 assert times == sorted(times) and 0.2 < times[-1] - times[0] < 1.5, times
-                audio = await frames(conn.subscribe(track_of(seen, user, TrackKind.audio)), 30)
+                audio = await frames(conn.subscribe(track_of(seen, user, TrackKind.AUDIO)), 30)
                 assert abs(dominant_hz(audio[5:]) - tone) < 5, (user, dominant_hz(audio[5:]), tone)
                 gaps = np.diff([t.time for t in audio])
                 assert abs(float(np.median(gaps)) - 0.02) < 0.003, gaps
@@ -157,10 +157,10 @@ def test_anchor_that_stops_is_unpublished(janus_env: JanusEnv, room: str) -> Non
         try:
             events = conn.events().__aiter__()
             seen = await next_events(events, lambda s: len(published(s)) == 3)
-            assert published(seen) == {("alice", MediaId.main, TrackKind.video),
-                                       ("alice", MediaId.main, TrackKind.audio),
-                                       ("alice", MediaId.aux, TrackKind.video)}
-            aux = next(e.track for e in seen if isinstance(e, TrackPublished) and e.track.media_id is MediaId.aux)
+            assert published(seen) == {("alice", MediaId.MAIN, TrackKind.VIDEO),
+                                       ("alice", MediaId.MAIN, TrackKind.AUDIO),
+                                       ("alice", MediaId.AUX, TrackKind.VIDEO)}
+            aux = next(e.track for e in seen if isinstance(e, TrackPublished) and e.track.media_id is MediaId.AUX)
             it = conn.subscribe(aux)
             got = await frames(it, 3)
             assert np.abs(mean_rgb(got[-1]) - np.array((30, 200, 30))).max() < 12
@@ -231,7 +231,7 @@ def test_unsubscribe_ends_the_iterator_and_closes_the_feed(janus_env: JanusEnv, 
         conn = await join(janus_env, room)
         try:
             seen = await next_events(conn.events().__aiter__(), lambda s: len(published(s)) == 2)
-            video, audio = track_of(seen, "alice", TrackKind.video), track_of(seen, "alice", TrackKind.audio)
+            video, audio = track_of(seen, "alice", TrackKind.VIDEO), track_of(seen, "alice", TrackKind.AUDIO)
             v, a = conn.subscribe(video), conn.subscribe(audio)
             await frames(v, 2)
             await frames(a, 2)

@@ -15,9 +15,9 @@ def test_tracks_of_a_publisher() -> None:
         {"type": "video", "mid": "4", "disabled": True},
     ]}
     assert tracks_of(publisher) == {
-        "0": RemoteTrack("alice", MediaId.main, TrackKind.video, "alice/0"),
-        "1": RemoteTrack("alice", MediaId.main, TrackKind.audio, "alice/1"),
-        "2": RemoteTrack("alice", MediaId.aux, TrackKind.video, "alice/2"),
+        "0": RemoteTrack("alice", MediaId.MAIN, TrackKind.VIDEO, "alice/0"),
+        "1": RemoteTrack("alice", MediaId.MAIN, TrackKind.AUDIO, "alice/1"),
+        "2": RemoteTrack("alice", MediaId.AUX, TrackKind.VIDEO, "alice/2"),
     }
 
 
