@@ -167,22 +167,17 @@ def register(info: KindInfo) -> None:
                 decision = Decision(Action.fail, status={"phase": Phase.failed.value, "result": {
                     "errorCode": "InvalidParameter", "errorMessage": str(exc)}},
                     event=("Warning", "InvalidParameter", str(exc)))
-        if decision.action is Action.create_pod:
+        if decision.action in (Action.create_pod, Action.replace_pod):
+            if decision.action is Action.replace_pod:
+                kube.delete_pod(meta["namespace"], children.pod_name(info, meta["name"], attempt), grace_seconds=0)
+                metrics.FAILOVERS.labels(info.plural).inc()
             kube.ensure_identity(info, body_dict)
             for secret in env.secrets:
                 kube.apply_secret(secret)
             created = kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG, env.env))
-            if not created:
+            if not created and decision.action is Action.create_pod:
                 decision.event = None  # the Pod was already there: nothing new happened
             patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
-        elif decision.action is Action.replace_pod:
-            kube.delete_pod(meta["namespace"], children.pod_name(info, meta["name"], attempt), grace_seconds=0)
-            kube.ensure_identity(info, body_dict)
-            for secret in env.secrets:
-                kube.apply_secret(secret)
-            kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG, env.env))
-            patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
-            metrics.FAILOVERS.labels(info.plural).inc()
         elif decision.action in (Action.finish, Action.fail):
             _callback_state.pop(uid, None)
             if decision.status.get("phase") == Phase.finished.value and cb_state.failed:

@@ -6,6 +6,7 @@ as success: the operator may repeat any step after a restart.
 
 from __future__ import annotations
 
+import base64
 import logging
 from functools import cache
 from typing import Any
@@ -112,8 +113,6 @@ def delete_children(info: KindInfo, namespace: str, task: str) -> None:
 
 def read_secret_key(namespace: str, name: str, key: str) -> str:
     """One key of a Secret, decoded (raises KeyError naming the Secret and key if missing)."""
-    import base64
-
     try:
         secret = core().read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
     except ApiException as exc:
