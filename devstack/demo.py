@@ -10,11 +10,9 @@ machine (see docs/room-backends.md); the CloudRecording differs only in `room.ba
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from kubernetes import client, config
 from capstan.api import GROUP, VERSION
 from capstan.rooms.janus import JanusBackend
 from capstan.rooms.synthetic import SyntheticAnchor
-from devstack.harness import ROOT, OperatorProcess, install_crds, wait_for
+from devstack.harness import ROOT, BackgroundLoop, OperatorProcess, install_crds, wait_for
 from devstack.podrunner import PodRunner
 from devstack.stack import ensure_up
 
@@ -61,12 +59,8 @@ def main() -> int:
     if not s3.bucket_exists(bucket):
         s3.make_bucket(bucket)
 
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def on_loop(coro, timeout: float = 30):  # type: ignore[no-untyped-def]
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
+    loop = BackgroundLoop()
+    on_loop = loop.run
     janus = JanusBackend(stack.janus_url, host_address=stack.room_host_address)
     on_loop(janus.create_room(room, stack.janus_admin_key))
     anchors = []
@@ -133,7 +127,7 @@ def main() -> int:
         runner.stop()
         for anchor in anchors:
             on_loop(anchor.stop())
-        loop.call_soon_threadsafe(loop.stop)
+        loop.close()
 
 
 def _s3(stack):  # type: ignore[no-untyped-def]

@@ -4,13 +4,10 @@ callback receiver that checks every signature. Assertions are on the media in th
 
 from __future__ import annotations
 
-import asyncio
 import io
 import signal
-import threading
 import time
 import uuid
-from concurrent.futures import Future
 from typing import Any
 
 import av
@@ -23,6 +20,7 @@ from capstan.media import naming, playlist
 from capstan.rooms.janus import JanusBackend
 from capstan.rooms.synthetic import SyntheticAnchor
 from devstack import podrunner
+from devstack.harness import BackgroundLoop
 from tests.conftest import wait_for
 from tests.operator.test_callbacks_stack import KEY, Receiver
 from tests.operator.test_operator_stack import Tasks
@@ -33,25 +31,8 @@ SDKAPPID = 1400000000
 ANCHORS = {"alice": ((220, 40, 40), 440.0), "bob": ((40, 200, 60), 660.0), "carol": ((40, 60, 220), 1000.0)}
 
 
-class Loop:
-    """An asyncio loop in a thread, so synchronous tests can drive anchors and room admin."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, timeout: float = 30) -> Any:
-        future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 class Room:
-    def __init__(self, stack: Any, loop: Loop) -> None:
+    def __init__(self, stack: Any, loop: BackgroundLoop) -> None:
         self.stack, self.loop = stack, loop
         self.name = f"rec-{uuid.uuid4().hex[:8]}"
         self.admin = JanusBackend(stack.janus_url, host_address=stack.room_host_address)
@@ -84,7 +65,7 @@ class Room:
 
 @pytest.fixture
 def room(janus, kube_api):
-    loop = Loop()
+    loop = BackgroundLoop()
     r = Room(janus, loop)
     yield r
     r.close()
