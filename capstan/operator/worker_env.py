@@ -8,15 +8,13 @@ CreateContainerConfigError.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from capstan import rooms
 from capstan.api import KindInfo
 from capstan.operator import children
-from capstan.rooms import tokens
-
-SecretReader = Callable[[str, str], str]  # (secret name, key) -> value; raises KeyError with a message
+from capstan.rooms.base import Role, SecretReader
 
 
 class TaskConfigError(Exception):
@@ -48,32 +46,37 @@ def _room_env(info: KindInfo, body: dict[str, Any], read: SecretReader, out: Wor
     spec, name = body["spec"], body["metadata"]["name"]
     room = spec["room"]
     room_name = str(room["roomId"]) if room.get("roomId") is not None else str(room["strRoomId"])
-    out.env += [_value("ROOM_BACKEND", room.get("backend", "livekit")), _value("ROOM_URL", room["url"]),
+    backend_name = room.get("backend", rooms.DEFAULT_BACKEND)
+    out.env += [_value("ROOM_BACKEND", backend_name), _value("ROOM_URL", room["url"]),
                 _value("ROOM_NAME", room_name)]
-    user_field, identity_field = (("recorderTokenSecretRef", "recorderUserId") if info.worker == "recorder"
-                                  else ("userTokenSecretRef", "userId"))
+    user_field, identity_field, role = (("recorderTokenSecretRef", "recorderUserId", Role.recorder)
+                                        if info.worker == "recorder" else ("userTokenSecretRef", "userId",
+                                                                           Role.publisher))
     given = spec.get(user_field)
-    if room.get("backend") == "janus" and not given:
-        # Janus rooms are guarded by an optional PIN, not by minted tokens.
-        out.env.append(children.secret_env("ROOM_TOKEN", room["credentialsSecretRef"]["name"], "roomPin",
-                                           optional=True))
-        return
     if given:
         _check(read, f"spec.{user_field}", given["name"], given["key"])
         out.env.append(children.secret_env("ROOM_TOKEN", given["name"], given["key"]))
         return
+    try:
+        backend = rooms.backend_info(backend_name)
+    except rooms.BackendUnavailable as exc:
+        raise TaskConfigError(f"spec.room.backend: {exc}") from None
     creds = room["credentialsSecretRef"]["name"]
-    key = _check(read, "spec.room.credentialsSecretRef", creds, "apiKey")
-    secret = _check(read, "spec.room.credentialsSecretRef", creds, "apiSecret")
-    mint = tokens.recorder_token if info.worker == "recorder" else tokens.publisher_token
-    token = mint(key, secret, spec[identity_field], room_name)
+    try:
+        join = backend.join_secret(role, room_name, spec[identity_field], creds, read)
+    except KeyError as exc:
+        raise TaskConfigError(f"spec.room.credentialsSecretRef: {exc.args[0]}") from None
+    if join.ref is not None:
+        out.env.append(children.secret_env("ROOM_TOKEN", join.ref.name, join.ref.key, optional=join.ref.optional))
+        return
+    assert join.minted is not None
     secret_name = token_secret_name(info, name)
     out.secrets.append({
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": secret_name, "namespace": body["metadata"]["namespace"],
                      "labels": children.task_labels(info, name),
                      "ownerReferences": [children.owner_reference(body)]},
-        "stringData": {"token": token},
+        "stringData": {"token": join.minted},
     })
     out.env.append(children.secret_env("ROOM_TOKEN", secret_name, "token"))
 

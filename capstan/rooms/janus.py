@@ -511,6 +511,8 @@ class _FeedSubscriber:
         self.handle = await conn.session.attach()
         body = {"request": "join", "ptype": "subscriber", "room": conn.room, "private_id": conn.private_id,
                 "streams": [{"feed": self.feed, "mid": mid} for mid in self.tracks]}
+        if conn.pin:
+            body["pin"] = conn.pin
         deadline = time.monotonic() + NO_SUCH_FEED_RETRY
         while True:
             try:
@@ -608,6 +610,7 @@ class JanusConnection:
         self.identity = identity
         self.private_id = private_id
         self.host_address = host_address
+        self.pin = ""  # the room's PIN: subscriber joins of PIN-protected rooms need it too
         self.publishers: dict[str, dict[str, RemoteTrack]] = {}  # user id -> tracks by mid
         self.feeds: list[_FeedSubscriber] = []
         self.subscriptions: dict[int, tuple[_Sink, _FeedSubscriber | None]] = {}
@@ -792,7 +795,8 @@ class JanusBackend:
     async def join(self, url: str, room: str, identity: str, token: str, *, hidden: bool = True) -> JanusConnection:
         """Join `room` as the listener participant `identity` (see the module docstring on `hidden`).
 
-        `token` is passed as the VideoRoom ``token`` (used only by rooms with an ``allowed`` list).
+        `token` is the room's PIN (the credential the operator gives a Janus worker): sent as the
+        VideoRoom ``pin`` on the publisher and every subscriber join; empty for rooms without one.
         `hidden` is best-effort and implicit: the listener never publishes, so anchors never see it
         as a publisher, but ``listparticipants`` lists it and ``notify_joining`` rooms announce it.
         Raises RoomNotFound when the room does not exist, JanusError for other refusals.
@@ -814,7 +818,7 @@ class JanusBackend:
             body: dict[str, Any] = {"request": "join", "ptype": "publisher", "room": room, "id": identity,
                                     "display": identity}
             if token:
-                body["token"] = token
+                body["pin"] = token
             data, _ = await listener.message(body)
             if data.get("videoroom") != "joined":
                 raise JanusError(0, f"unexpected answer to join: {data}")
@@ -822,6 +826,7 @@ class JanusBackend:
             await session.destroy()
             raise
         conn = JanusConnection(session, listener, room, identity, data.get("private_id"), self.host_address)
+        conn.pin = token
         conn.start(data.get("publishers", []))
         return conn
 
@@ -861,3 +866,27 @@ class JanusBackend:
         data = await self._admin({"request": "listparticipants", "room": room})
         participants: list[dict[str, Any]] = data.get("participants", [])
         return participants
+
+
+class JanusControl:
+    """capstan.rooms.base.RoomControl for Janus VideoRoom: the admin key creates rooms (with
+    ``secret = admin_key``), so the same key removes participants and destroys them."""
+
+    def __init__(self, url: str, admin_key: str) -> None:
+        self.backend = JanusBackend(url)
+        self.admin_key = admin_key
+
+    async def create_room(self, room: str) -> bool:
+        return await self.backend.create_room(room, self.admin_key)
+
+    async def remove_participant(self, room: str, identity: str) -> None:
+        await self.backend.kick(room, identity, self.admin_key)
+
+    async def close_room(self, room: str) -> None:
+        await self.backend.destroy_room(room, self.admin_key)
+
+    async def list_participants(self, room: str) -> list[str]:
+        return [str(p["id"]) for p in await self.backend.list_participants(room)]
+
+    async def aclose(self) -> None:
+        """Nothing to close: every request opens and destroys its own session."""
