@@ -68,6 +68,7 @@ from capstan.rooms.base import (
     TrackPublished,
     TrackUnpublished,
 )
+from capstan.rooms.fanout import FrameSink, TrackFrames, WallClock
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,6 @@ KEEPALIVE_INTERVAL = 5.0  # Janus expires sessions after session_timeout (60 s; 
 DUPLICATE_ID_WAIT = 60.0
 CONNECT_TIMEOUT = 15.0  # ICE + DTLS of one PeerConnection
 NO_SUCH_FEED_RETRY = 5.0  # a feed exists only once its publisher's DTLS is up
-CLOCK_DRIFT = 0.0005  # how far the RTP-to-wall-clock offset may creep up per media second
-FRAME_QUEUE = 256  # frames buffered per subscribed track before the oldest are dropped
 
 # VideoRoom error codes
 ERR_NO_SUCH_ROOM = 426
@@ -395,75 +394,6 @@ def tracks_of(publisher: dict[str, Any]) -> dict[str, RemoteTrack]:
     return out
 
 
-class _WallClock:
-    """Maps a track's media time (RTP timestamps, unwrapped by aiortc) to Unix time."""
-
-    def __init__(self) -> None:
-        self.offset: float | None = None
-        self.last_media = 0.0
-
-    def time(self, media: float | None, now: float) -> float:
-        if media is None:
-            return now
-        if self.offset is None:
-            self.offset = now - media
-        else:
-            if media > self.last_media:
-                self.offset += CLOCK_DRIFT * (media - self.last_media)
-            self.offset = min(self.offset, now - media)
-        self.last_media = media
-        return self.offset + media
-
-
-_END = object()
-
-
-class _Sink:
-    """One subscriber's frame queue for one track; the oldest frames are dropped when it is full."""
-
-    def __init__(self, track: RemoteTrack) -> None:
-        self.track = track
-        self.queue: asyncio.Queue[Any] = asyncio.Queue()
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, item: TimedFrame) -> None:
-        if self.closed:
-            return
-        if self.queue.qsize() >= FRAME_QUEUE:
-            self.queue.get_nowait()
-            self.dropped += 1
-            if self.dropped in (1, 100) or self.dropped % 1000 == 0:
-                log.warning("%s: consumer too slow, %d frames dropped", self.track.track_id, self.dropped)
-        self.queue.put_nowait(item)
-
-    def end(self, error: BaseException | None = None) -> None:
-        if not self.closed:
-            self.closed = True
-            self.queue.put_nowait(error if error is not None else _END)
-
-
-class _TrackFrames:
-    """The AsyncIterator[TimedFrame] returned by subscribe()."""
-
-    def __init__(self, sink: _Sink) -> None:
-        self.sink = sink
-
-    def __aiter__(self) -> _TrackFrames:
-        return self
-
-    async def __anext__(self) -> TimedFrame:
-        item = await self.sink.queue.get()
-        if item is _END:
-            self.sink.queue.put_nowait(_END)  # stays ended
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self.sink.queue.put_nowait(_END)
-            raise item
-        frame: TimedFrame = item
-        return frame
-
-
 @dataclass
 class _FeedSubscriber:
     """One subscriber handle + PeerConnection for (some streams of) one publisher feed."""
@@ -471,16 +401,16 @@ class _FeedSubscriber:
     conn: JanusConnection
     feed: str
     tracks: dict[str, RemoteTrack]  # by publisher mid: what this PeerConnection carries
-    sinks: dict[str, list[_Sink]] = field(default_factory=dict)  # by track id
+    sinks: dict[str, list[FrameSink]] = field(default_factory=dict)  # by track id
     handle: JanusHandle | None = None
     pc: Any = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
 
-    def add(self, sink: _Sink) -> None:
+    def add(self, sink: FrameSink) -> None:
         self.sinks.setdefault(sink.track.track_id, []).append(sink)
 
-    def remove(self, sink: _Sink) -> None:
+    def remove(self, sink: FrameSink) -> None:
         sinks = self.sinks.get(sink.track.track_id, [])
         if sink in sinks:
             sinks.remove(sink)
@@ -548,7 +478,7 @@ class _FeedSubscriber:
     async def _pump(self, media: Any, track: RemoteTrack | None) -> None:
         from aiortc.mediastreams import MediaStreamError
 
-        clock = _WallClock()
+        clock = WallClock()
         try:
             while True:
                 frame = await media.recv()
@@ -613,7 +543,7 @@ class JanusConnection:
         self.pin = ""  # the room's PIN: subscriber joins of PIN-protected rooms need it too
         self.publishers: dict[str, dict[str, RemoteTrack]] = {}  # user id -> tracks by mid
         self.feeds: list[_FeedSubscriber] = []
-        self.subscriptions: dict[int, tuple[_Sink, _FeedSubscriber | None]] = {}
+        self.subscriptions: dict[int, tuple[FrameSink, _FeedSubscriber | None]] = {}
         self._events: asyncio.Queue[RoomEvent | JanusConnectionLost] = asyncio.Queue()
         self.left: LeaveReason | None = None
         self._task: asyncio.Task[None] | None = None
@@ -707,8 +637,8 @@ class JanusConnection:
     # --- subscriptions -----------------------------------------------------------------------
 
     def subscribe(self, track: RemoteTrack) -> AsyncIterator[TimedFrame]:
-        sink = _Sink(track)
-        frames = _TrackFrames(sink)
+        sink = FrameSink(track)
+        frames = TrackFrames(sink)
         published = self.publishers.get(track.user_id, {})
         mid = next((m for m, t in published.items() if t.track_id == track.track_id), None)
         if self.left is not None or self.session.lost is not None:

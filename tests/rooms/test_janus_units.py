@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from capstan.rooms.base import MediaId, RemoteTrack, TrackKind
-from capstan.rooms.janus import CLOCK_DRIFT, _WallClock, tracks_of
+from capstan.rooms.fanout import CLOCK_DRIFT, WallClock
+from capstan.rooms.janus import tracks_of
 
 
 def test_tracks_of_a_publisher() -> None:
@@ -22,7 +23,7 @@ def test_tracks_of_a_publisher() -> None:
 
 
 def test_wall_clock_keeps_gaps_and_takes_the_least_delayed_frame() -> None:
-    clock = _WallClock()
+    clock = WallClock()
     assert clock.time(0.0, 1000.3) == 1000.3
     assert clock.time(0.1, 1000.35) == 1000.35  # less delayed than the first: the offset moves down
     t = clock.time(0.2, 1000.6)  # delayed (jitter): its capture time, not its arrival
@@ -34,7 +35,7 @@ def test_wall_clock_keeps_gaps_and_takes_the_least_delayed_frame() -> None:
 
 
 def test_wall_clock_follows_a_slow_sender_clock() -> None:
-    clock = _WallClock()
+    clock = WallClock()
     # the sender's clock runs 0.02 % slow: media time advances 0.9998 s per real second
     for second in range(0, 3600, 10):
         t = clock.time(second * 0.9998, 1000.0 + second + 0.05)
