@@ -92,6 +92,8 @@ k8s_version_ldflags() {
   printf '%s' "$flags"
 }
 
+# go_install NAME PACKAGE VERSION: `go install PACKAGE@VERSION`, the binary (named after the
+# package's last path element) moved to the cache as NAME-VERSION.
 go_install() {
   local name=$1 pkg=$2 version=$3
   local out=$bin/$name-$version
@@ -104,24 +106,12 @@ go_install() {
 }
 
 build_minio() { go_install minio github.com/minio/minio "$MINIO_VERSION"; }
-# NOT BUILT BY DEFAULT: the Go module proxy refuses some of livekit-server's dependencies
-# (github.com/livekit/psrpc, github.com/livekit/mediatransportutil, and pseudo-versions of
-# github.com/livekit/protocol answer 403 "This module version is not available"), so the build
-# fails on this machine. Kept for a machine that can fetch them: `devstack/build.sh livekit`.
-# livekit-server's go.mod has replace directives, so `go install pkg@v` refuses it: build from a
-# copy of the module source that the Go module proxy serves.
-build_livekit() {
-  local out=$bin/livekit-server-$LIVEKIT_VERSION
-  [ -x "$out" ] && return 0
-  log "building livekit-server $LIVEKIT_VERSION (first run only; several minutes on 2 cores)"
-  local src
-  src=$(go mod download -json "github.com/livekit/livekit-server@$LIVEKIT_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  local dir=$work/livekit-server-$LIVEKIT_VERSION
-  rm -rf "$dir" && cp -r "$src" "$dir" && chmod -R u+w "$dir"
-  (cd "$dir" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" ./cmd/server && mv "$out.tmp" "$out")
-  log "built $out"
-}
+# livekit-server: its module path is github.com/livekit/livekit-server but the program's package
+# is ./cmd/server, so `go install` leaves a binary named `server` (renamed by go_install).
+# Pinned to v1.13.5: see versions.env.
+build_livekit() { go_install livekit-server github.com/livekit/livekit-server/cmd/server "$LIVEKIT_VERSION"; }
+build_helm() { go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"; }
+build_promtool() { go_install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION"; }
 
-# livekit is left out of the default targets (see build_livekit).
-targets=${*:-etcd kube_apiserver minio}
+targets=${*:-etcd kube_apiserver minio livekit helm promtool}
 for t in $targets; do "build_$t"; done

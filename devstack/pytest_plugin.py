@@ -17,6 +17,8 @@ Fixtures:
 - ``janus``: the :class:`devstack.stack.StackEnv` once the Janus room server runs (JANUS_URL,
   JANUS_ADMIN_URL, JANUS_ADMIN_SECRET, JANUS_ADMIN_KEY, ROOM_HOST_ADDRESS); the test *fails*
   (not skips) with the reason when Janus cannot run here (e.g. not root: no network namespace).
+- ``livekit``: the :class:`devstack.stack.StackEnv` once the LiveKit server runs (LIVEKIT_URL,
+  LIVEKIT_API_KEY, LIVEKIT_API_SECRET); fails like ``janus`` when LiveKit cannot run here.
 
 Tests that use any of these are marked ``stack`` automatically, so ``pytest -m 'not stack'``
 runs without the stack.
@@ -35,7 +37,7 @@ import pytest
 
 from devstack.stack import StackEnv, ensure_up
 
-STACK_FIXTURES = frozenset({"stack", "kube_api", "namespace", "s3", "bucket", "janus"})
+STACK_FIXTURES = frozenset({"stack", "kube_api", "namespace", "s3", "bucket", "janus", "livekit"})
 
 # Default (connect, read) timeout for API requests that do not pass their own _request_timeout.
 KUBE_TIMEOUT = (5.0, 60.0)
@@ -43,7 +45,8 @@ KUBE_TIMEOUT = (5.0, 60.0)
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "stack: needs the local real stack (devstack): kube-apiserver, etcd, MinIO, Redis, Janus"
+        "markers",
+        "stack: needs the local real stack (devstack): kube-apiserver, etcd, MinIO, Redis, Janus, LiveKit",
     )
 
 
@@ -75,6 +78,16 @@ def janus(stack: StackEnv) -> StackEnv:
     """The stack, with the Janus room server running; fails the test when it cannot run here."""
     if stack.janus_error:
         pytest.fail(f"Janus (room server) is not running: {stack.janus_error}", pytrace=False)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def livekit(stack: StackEnv) -> StackEnv:
+    """The stack, with the LiveKit server running; fails the test when it cannot run here."""
+    if stack.livekit_error:
+        pytest.fail(f"LiveKit (room server) is not running: {stack.livekit_error}", pytrace=False)
+    if not (stack.livekit_api_key and stack.livekit_api_secret):
+        pytest.fail("LiveKit (room server) has no API key and secret yet (run `make stack-up`)", pytrace=False)
     return stack
 
 

@@ -1,8 +1,10 @@
-"""The local real stack (DESIGN §9): etcd, kube-apiserver, MinIO, Redis and Janus as local processes.
+"""The local real stack (DESIGN §9): etcd, kube-apiserver, MinIO, Redis, Janus and LiveKit as local processes.
 
-No container engine is needed. Everything listens on 127.0.0.1 only, except the Janus room
-server (VideoRoom plugin), which runs in its own network namespace ``capstan-sfu`` and listens
-on 10.213.0.1, reachable from the host through a veth pair (WebRTC ignores loopback). State (certificates,
+No container engine is needed. Everything listens on 127.0.0.1 only, except the two room
+servers, each in a network namespace of its own reachable from the host through a veth pair
+(WebRTC ignores loopback; devstack/netns.py): Janus (VideoRoom plugin) in ``capstan-sfu`` on
+10.213.0.1 (devstack/janus_server.py) and LiveKit in ``capstan-lk`` on 10.214.0.1
+(devstack/livekit_server.py). State (certificates,
 data, logs, pid files, the admin kubeconfig) lives in ``$CAPSTAN_STACK_DIR`` (default
 ``~/.cache/capstan/stack``), outside the repository; binaries come from ``devstack/build.sh``.
 
@@ -19,7 +21,7 @@ Python::
     env = ensure_up()          # StackEnv; env.env() is a dict of environment variables
 
 This module uses only the standard library (plus the ``openssl``, ``redis-server``, ``janus`` and
-``ip`` programs).
+``ip`` programs, and the binaries build.sh makes).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from devstack import janus_server, livekit_server
+from devstack.log import log
+from devstack.netns import Netns, NetnsError, NetnsUnavailable
+
 HERE = Path(__file__).resolve().parent
 LOOPBACK = "127.0.0.1"
 
@@ -62,47 +68,25 @@ DEFAULT_PORTS = {
     "redis": ("CAPSTAN_REDIS_PORT", 46379),
 }
 
-# The Janus room server: its own network namespace, joined to the host by a veth pair. The
-# namespace has no default route, so Janus can reach only 10.213.0.0/30 (and its own loopback).
-# CAPSTAN_SFU_NET=N (1..255, default 0) gives a second stack on the same host its own namespace
-# capstan-sfuN, veth csfuN-out/csfuN-in and 10.213.N.0/30.
-SFU_NET = int(os.environ.get("CAPSTAN_SFU_NET") or 0)
-_SFU_SUFFIX = str(SFU_NET) if SFU_NET else ""
-SFU_NETNS = f"capstan-sfu{_SFU_SUFFIX}"
-SFU_HOST_IF = f"csfu{_SFU_SUFFIX}-out"  # host side
-SFU_NS_IF = f"csfu{_SFU_SUFFIX}-in"  # inside the namespace
-SFU_HOST_ADDRESS = f"10.213.{SFU_NET}.2"  # the only local address WebRTC clients may offer (ROOM_HOST_ADDRESS)
-SFU_ADDRESS = f"10.213.{SFU_NET}.1"  # Janus: HTTP API, admin API and its only ICE candidate
-SFU_PREFIX = 30
-JANUS_PORT = 8088
-JANUS_ADMIN_PORT = 7088
-JANUS_RTP_PORTS = "20000-20999"
-# Fixed dev credentials (reachable only from this host, like the MinIO ones).
-JANUS_ADMIN_SECRET = "capstan-janus-admin"  # Janus admin API (general.admin_secret)
-JANUS_ADMIN_KEY = "capstan-room-admin"  # VideoRoom admin_key: needed to create rooms
-JANUS_LIB_DIR = Path("/usr/lib/x86_64-linux-gnu/janus")
-JANUS_PLUGINS_DISABLED = (
-    "audiobridge duktape echotest lua nosip recordplay sip streaming textroom videocall voicemail"
-)
-JANUS_TRANSPORTS_DISABLED = "mqtt nanomsg pfunix rabbitmq websockets"
-JANUS_EVENTS_DISABLED = "gelfevh mqttevh nanomsgevh rabbitmqevh sampleevh wsevh"
-
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc"
 API_AUDIENCES = "https://kubernetes.default.svc"
 
 # Timeouts (seconds).
 PROBE_TIMEOUT = 3.0
-START_TIMEOUTS = {"etcd": 60.0, "kube-apiserver": 180.0, "minio": 90.0, "redis": 20.0, "janus": 30.0}
+START_TIMEOUTS = {
+    "etcd": 60.0,
+    "kube-apiserver": 180.0,
+    "minio": 90.0,
+    "redis": 20.0,
+    "janus": 30.0,
+    "livekit": 30.0,
+}
 STOP_TIMEOUT = 15.0
 BUILD_TIMEOUT = 3 * 3600.0
 
 
 class StackError(RuntimeError):
     """The stack could not be started or probed."""
-
-
-def log(msg: str) -> None:
-    print(f"[devstack] {msg}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +124,9 @@ def binaries() -> dict[str, Path]:
         "etcd": bin_dir / f"etcd-{v['ETCD_VERSION']}",
         "kube-apiserver": bin_dir / f"kube-apiserver-{v['KUBERNETES_VERSION']}",
         "minio": bin_dir / f"minio-{v['MINIO_VERSION']}",
+        "livekit-server": bin_dir / f"livekit-server-{v['LIVEKIT_VERSION']}",
+        "helm": bin_dir / f"helm-{v['HELM_VERSION']}",
+        "promtool": bin_dir / f"promtool-{v['PROMTOOL_VERSION']}",
     }
 
 
@@ -155,6 +142,8 @@ class Paths:
         self.minio_data = self.root / "minio"
         self.redis_dir = self.root / "redis"
         self.janus_conf = self.root / "janus"
+        self.livekit_conf = self.root / "livekit"
+        self.livekit_keys = self.root / "livekit-keys.json"  # kept across restarts and `down`
         self.kubeconfig = self.root / "kubeconfig"
         self.lock = self.root / "lock"
 
@@ -167,13 +156,13 @@ class Paths:
     def pid_file(self, component: str) -> Path:
         return self.run / f"{component}.pid"
 
-    def janus_unavailable(self) -> Path:
-        """Written by `up` when Janus could not be started (why), removed when it runs."""
-        return self.run / "janus.unavailable"
+    def unavailable(self, component: str) -> Path:
+        """Written by `up` when a room server could not be started (why), removed when it runs."""
+        return self.run / f"{component}.unavailable"
 
     def mkdirs(self) -> None:
         dirs = (self.root, self.pki, self.logs, self.run, self.etcd_data, self.minio_data, self.redis_dir)
-        for d in (*dirs, self.janus_conf):
+        for d in (*dirs, self.janus_conf, self.livekit_conf):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.etcd_data, 0o700)  # etcd insists on it
 
@@ -193,16 +182,20 @@ class StackEnv:
     apiserver_url: str
     ca_file: str
     state_dir: str
-    livekit_url: str | None = None
+    helm: str  # path of the helm binary build.sh made
+    promtool: str  # path of the promtool binary build.sh made
+    livekit_url: str = livekit_server.URL
+    # made by the first `up` (None before it)
     livekit_api_key: str | None = None
     livekit_api_secret: str | None = None
-    janus_url: str = f"http://{SFU_ADDRESS}:{JANUS_PORT}/janus"
-    janus_admin_url: str = f"http://{SFU_ADDRESS}:{JANUS_ADMIN_PORT}/admin"
-    janus_admin_secret: str = JANUS_ADMIN_SECRET
-    janus_admin_key: str = JANUS_ADMIN_KEY
-    room_host_address: str = SFU_HOST_ADDRESS
-    # why Janus does not run (e.g. not root: no network namespace); None when it runs or is unknown
+    janus_url: str = janus_server.URL
+    janus_admin_url: str = janus_server.ADMIN_URL
+    janus_admin_secret: str = janus_server.ADMIN_SECRET
+    janus_admin_key: str = janus_server.ADMIN_KEY
+    room_host_address: str = janus_server.NET.host_address
+    # why Janus / LiveKit does not run (e.g. not root: no network namespace); None when it runs or is unknown
     janus_error: str | None = dataclasses.field(default=None, compare=False)
+    livekit_error: str | None = dataclasses.field(default=None, compare=False)
     # what the `up` call that produced this did (empty when the value was only computed)
     started: list[str] = dataclasses.field(default_factory=list, compare=False)
     reused: list[str] = dataclasses.field(default_factory=list, compare=False)
@@ -220,19 +213,22 @@ class StackEnv:
             "JANUS_ADMIN_SECRET": self.janus_admin_secret,
             "JANUS_ADMIN_KEY": self.janus_admin_key,
             "ROOM_HOST_ADDRESS": self.room_host_address,
+            "HELM": self.helm,
+            "PROMTOOL": self.promtool,
         }
-        if self.livekit_url:
+        if self.livekit_api_key and self.livekit_api_secret:
+            # the names LiveKit's own CLI and SDKs read
             out["LIVEKIT_URL"] = self.livekit_url
-            out["LIVEKIT_API_KEY"] = self.livekit_api_key or ""
-            out["LIVEKIT_API_SECRET"] = self.livekit_api_secret or ""
+            out["LIVEKIT_API_KEY"] = self.livekit_api_key
+            out["LIVEKIT_API_SECRET"] = self.livekit_api_secret
         return out
 
 
 def stack_env(paths: Paths | None = None) -> StackEnv:
     """The values for the configured stack (computed; does not check that it runs)."""
     paths = paths or Paths()
-    # No LiveKit server is part of the stack (it cannot be built here, see devstack/README.md);
-    # an externally run one can be passed through with CAPSTAN_LIVEKIT_URL/_API_KEY/_API_SECRET.
+    keys = livekit_server.read_keys(paths.livekit_keys)
+    bins = binaries()
     return StackEnv(
         kubeconfig=str(paths.kubeconfig),
         s3_endpoint=f"{LOOPBACK}:{port('minio')}",
@@ -243,16 +239,18 @@ def stack_env(paths: Paths | None = None) -> StackEnv:
         apiserver_url=f"https://{LOOPBACK}:{port('apiserver')}",
         ca_file=str(paths.pki_file("ca.crt")),
         state_dir=str(paths.root),
-        livekit_url=os.environ.get("CAPSTAN_LIVEKIT_URL") or None,
-        livekit_api_key=os.environ.get("CAPSTAN_LIVEKIT_API_KEY") or None,
-        livekit_api_secret=os.environ.get("CAPSTAN_LIVEKIT_API_SECRET") or None,
-        janus_error=_read_janus_unavailable(paths),
+        helm=str(bins["helm"]),
+        promtool=str(bins["promtool"]),
+        livekit_api_key=keys[0] if keys else None,
+        livekit_api_secret=keys[1] if keys else None,
+        janus_error=_read_unavailable(paths, "janus"),
+        livekit_error=_read_unavailable(paths, "livekit"),
     )
 
 
-def _read_janus_unavailable(paths: Paths) -> str | None:
+def _read_unavailable(paths: Paths, component: str) -> str | None:
     try:
-        return paths.janus_unavailable().read_text().strip() or None
+        return paths.unavailable(component).read_text().strip() or None
     except OSError:
         return None
 
@@ -522,7 +520,7 @@ def probe_janus() -> bool:
     """Janus answers ``info`` on its HTTP API and has the VideoRoom plugin loaded."""
 
     def check() -> bool:
-        status, body = http_get(f"http://{SFU_ADDRESS}:{JANUS_PORT}/janus/info")
+        status, body = http_get(f"{janus_server.URL}/info")
         info = json.loads(body)
         return (
             status == 200
@@ -531,6 +529,11 @@ def probe_janus() -> bool:
         )
 
     return _ok(check)
+
+
+def probe_livekit() -> bool:
+    """livekit-server answers ``GET /`` with ``OK`` (its health check)."""
+    return _ok(lambda: http_get(f"{livekit_server.HTTP_URL}/") == (200, b"OK"))
 
 
 def port_in_use(p: int) -> bool:
@@ -635,182 +638,15 @@ def _redis_argv(paths: Paths) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
-# Janus in its own network namespace
+# the room servers, each in its own network namespace (devstack/netns.py)
 
 
-class JanusUnavailable(Exception):
-    """Janus cannot run on this machine (no root for the network namespace, no janus program)."""
-
-
-def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-    if check and res.returncode != 0:
-        raise StackError(f"ip {' '.join(args)} failed: {res.stderr.strip()}")
-    return res
-
-
-def netns_exists() -> bool:
-    return Path(f"/run/netns/{SFU_NETNS}").exists()
-
-
-def _link_exists(name: str, netns: str | None = None) -> bool:
-    args = ("-n", netns) if netns else ()
-    return _ip(*args, "link", "show", "dev", name, check=False).returncode == 0
-
-
-def _write_sysctl(netns: str | None, key: str, value: str) -> None:
-    """Set a per-namespace sysctl (best effort; IPv6 may be absent)."""
-    path = "/proc/sys/" + key.replace(".", "/")
-    cmd = ["sh", "-c", f"test -e {shlex.quote(path)} && echo {value} > {shlex.quote(path)} || true"]
-    if netns:
-        cmd = ["ip", "netns", "exec", netns, *cmd]
-    subprocess.run(cmd, capture_output=True, timeout=30)
-
-
-def ensure_netns() -> None:
-    """Create (idempotently) the namespace ``capstan-sfu`` and the veth pair
-    ``csfu-out`` 10.213.0.2/30 (host) <-> ``csfu-in`` 10.213.0.1/30 (inside), without a default route.
-
-    Raises JanusUnavailable when this process may not create namespaces."""
-    if os.geteuid() != 0:
-        raise JanusUnavailable(
-            f"creating the network namespace {SFU_NETNS} for Janus needs root (this is uid {os.geteuid()}); "
-            "Janus is not started, and tests that need a room server fail"
-        )
-    if shutil.which("ip") is None:
-        raise JanusUnavailable("the `ip` program (Debian iproute2) is missing; run devstack/install-system-deps.sh")
-    if not netns_exists():
-        res = _ip("netns", "add", SFU_NETNS, check=False)
-        if res.returncode != 0 and not netns_exists():
-            raise JanusUnavailable(
-                f"cannot create the network namespace {SFU_NETNS} for Janus: {res.stderr.strip()}"
-            )
-        log(f"created network namespace {SFU_NETNS}")
-    ns_if_inside = _link_exists(SFU_NS_IF, SFU_NETNS)
-    if _link_exists(SFU_HOST_IF) and not ns_if_inside:
-        # left over (its peer is not in our namespace, e.g. the namespace was replaced): recreate
-        _ip("link", "del", SFU_HOST_IF)
-    if not ns_if_inside:
-        if _link_exists(SFU_NS_IF):  # a half-made pair: the inner end is still on the host
-            _ip("link", "set", SFU_NS_IF, "netns", SFU_NETNS)
-        else:
-            _ip("link", "add", SFU_HOST_IF, "type", "veth", "peer", "name", SFU_NS_IF, "netns", SFU_NETNS)
-        log(f"created veth pair {SFU_HOST_IF} (host) <-> {SFU_NS_IF} ({SFU_NETNS})")
-    # No IPv6 on either end (no link-local addresses to offer as ICE candidates or to bind).
-    _write_sysctl(None, f"net.ipv6.conf.{SFU_HOST_IF}.disable_ipv6", "1")
-    _write_sysctl(SFU_NETNS, "net.ipv6.conf.all.disable_ipv6", "1")
-    _write_sysctl(SFU_NETNS, "net.ipv6.conf.default.disable_ipv6", "1")
-    _ip("addr", "replace", f"{SFU_HOST_ADDRESS}/{SFU_PREFIX}", "dev", SFU_HOST_IF)
-    _ip("link", "set", SFU_HOST_IF, "up")
-    _ip("-n", SFU_NETNS, "addr", "replace", f"{SFU_ADDRESS}/{SFU_PREFIX}", "dev", SFU_NS_IF)
-    _ip("-n", SFU_NETNS, "link", "set", SFU_NS_IF, "up")
-    _ip("-n", SFU_NETNS, "link", "set", "lo", "up")
-    # Nobody but us adds routes there; make sure none leads out.
-    routes = _ip("-n", SFU_NETNS, "route", "show", "default").stdout.strip()
-    if routes:
-        raise StackError(f"network namespace {SFU_NETNS} has a default route ({routes}); remove it")
-
-
-def delete_netns() -> bool:
-    """Delete the namespace (which also removes the veth pair). Returns True when it existed."""
-    if not netns_exists():
-        return False
-    _ip("netns", "del", SFU_NETNS)
-    if _link_exists(SFU_HOST_IF):  # normally gone with its peer
-        _ip("link", "del", SFU_HOST_IF, check=False)
-    return True
-
-
-def netns_pids() -> list[int]:
-    if not netns_exists():
-        return []
-    res = _ip("netns", "pids", SFU_NETNS, check=False)
-    return [int(x) for x in res.stdout.split() if x.isdigit()]
-
-
-def janus_config(paths: Paths) -> dict[str, str]:
-    """The files of Janus's configuration folder (``janus -F``), by name."""
-    lib = JANUS_LIB_DIR
-
-    def disabled(names: str) -> str:
-        return ",".join(f"libjanus_{n}.so" for n in names.split())
-
-    return {
-        "janus.jcfg": f"""# Written by devstack/stack.py; rewritten by every `up`.
-general: {{
-	configs_folder = "{paths.janus_conf}"
-	plugins_folder = "{lib / "plugins"}"
-	transports_folder = "{lib / "transports"}"
-	events_folder = "{lib / "events"}"
-	loggers_folder = "{lib / "loggers"}"
-	debug_level = 4
-	debug_timestamps = true
-	interface = "{SFU_ADDRESS}"
-	admin_secret = "{JANUS_ADMIN_SECRET}"
-	server_name = "capstan-devstack"
-	session_timeout = 15  # a dead worker's participant leaves the room 15 s after its last request
-}}
-certificates: {{
-}}
-media: {{
-	ipv6 = false
-	rtp_port_range = "{JANUS_RTP_PORTS}"
-}}
-nat: {{
-	# no stun_server / turn_server: Janus never contacts anything outside the namespace
-	ice_enforce_list = "{SFU_NS_IF}"
-	ignore_mdns = true
-}}
-plugins: {{
-	disable = "{disabled(JANUS_PLUGINS_DISABLED)}"
-}}
-transports: {{
-	disable = "{disabled(JANUS_TRANSPORTS_DISABLED)}"
-}}
-loggers: {{
-	disable = "libjanus_jsonlog.so"
-}}
-events: {{
-	broadcast = false
-	disable = "{disabled(JANUS_EVENTS_DISABLED)}"
-}}
-""",
-        "janus.transport.http.jcfg": f"""general: {{
-	json = "indented"
-	base_path = "/janus"
-	http = true
-	port = {JANUS_PORT}
-	ip = "{SFU_ADDRESS}"
-	https = false
-}}
-admin: {{
-	admin_base_path = "/admin"
-	admin_http = true
-	admin_port = {JANUS_ADMIN_PORT}
-	admin_ip = "{SFU_ADDRESS}"
-	admin_https = false
-}}
-cors: {{
-}}
-certificates: {{
-}}
-""",
-        "janus.plugin.videoroom.jcfg": f"""general: {{
-	admin_key = "{JANUS_ADMIN_KEY}"	# `create` must carry it
-	lock_rtp_forward = true
-	string_ids = true	# TRTC room ids and user ids are strings
-	events = false
-}}
-""",
-    }
-
-
-def write_janus_config(paths: Paths) -> bool:
-    """Write the configuration folder; returns True when a file changed."""
-    paths.janus_conf.mkdir(parents=True, exist_ok=True)
+def write_config_files(folder: Path, files: dict[str, str]) -> bool:
+    """Write a server's configuration folder (files may hold secrets: 0600); True when one changed."""
+    folder.mkdir(parents=True, exist_ok=True)
     changed = False
-    for name, text in janus_config(paths).items():
-        f = paths.janus_conf / name
+    for name, text in files.items():
+        f = folder / name
         if f.exists() and f.read_text() == text:
             continue
         tmp = f.with_suffix(".tmp")
@@ -821,12 +657,43 @@ def write_janus_config(paths: Paths) -> bool:
     return changed
 
 
-def _janus_argv(paths: Paths) -> list[str]:
-    # `ip netns exec` execs janus in place, so the pid we record is Janus's own.
-    return ["ip", "netns", "exec", SFU_NETNS, "janus", "-F", str(paths.janus_conf), "-o"]
+def _write_janus_config(paths: Paths) -> bool:
+    return write_config_files(paths.janus_conf, janus_server.config_files(paths.janus_conf))
 
 
-JANUS = Component("janus", _janus_argv, lambda p: probe_janus(), (), program_name="janus")
+def _write_livekit_config(paths: Paths) -> bool:
+    key, secret = livekit_server.load_or_create_keys(paths.livekit_keys)
+    return write_config_files(paths.livekit_conf, livekit_server.config_files(key, secret))
+
+
+def _livekit_missing() -> str | None:
+    binary = binaries()["livekit-server"]
+    if not os.access(binary, os.X_OK):
+        return f"{binary} is missing; run devstack/build.sh livekit"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RoomServer:
+    """What `up` needs to know of a room server beyond its Component."""
+
+    component: str
+    title: str  # for messages
+    net: Netns
+    url: str  # where it answers (for the "not ours" message)
+    missing: Callable[[], str | None]  # why it cannot be started here, or None
+    write_config: Callable[[Paths], bool]  # True when the configuration changed
+
+
+ROOM_SERVERS = {
+    r.component: r
+    for r in (
+        RoomServer("janus", "Janus", janus_server.NET, janus_server.URL, janus_server.missing, _write_janus_config),
+        RoomServer(
+            "livekit", "LiveKit", livekit_server.NET, livekit_server.URL, _livekit_missing, _write_livekit_config
+        ),
+    )
+}
 
 
 COMPONENTS: dict[str, Component] = {
@@ -847,11 +714,24 @@ COMPONENTS: dict[str, Component] = {
             },
         ),
         Component("redis", _redis_argv, lambda p: probe_redis(), ("redis",)),
-        JANUS,
+        Component(
+            "janus",
+            lambda p: janus_server.argv(p.janus_conf),
+            lambda p: probe_janus(),
+            (),
+            program_name="janus",
+        ),
+        Component(
+            "livekit",
+            lambda p: livekit_server.argv(binaries()["livekit-server"], p.livekit_conf),
+            lambda p: probe_livekit(),
+            (),
+            program_name=str(binaries()["livekit-server"]),
+        ),
     )
 }
 START_ORDER = ("etcd", "redis", "minio", "kube-apiserver")  # on loopback
-ALL_COMPONENTS = (*START_ORDER, "janus")
+ALL_COMPONENTS = (*START_ORDER, *ROOM_SERVERS)
 
 
 def _read_pid(paths: Paths, name: str) -> int | None:
@@ -1012,37 +892,38 @@ def _ensure_component(
     return _start(paths, comp)
 
 
-def _ensure_janus(paths: Paths, started: list[str], reused: list[str]) -> tuple[int, int] | None:
-    """Namespace, configuration and process for Janus; returns (pid, offset) when started.
+def _ensure_room_server(
+    paths: Paths, server: RoomServer, started: list[str], reused: list[str]
+) -> tuple[int, int] | None:
+    """Namespace, configuration and process of a room server; returns (pid, offset) when started.
 
-    When it cannot run (not root, no janus, another Janus holds the namespace), says so loudly, records why in
-    ``run/janus.unavailable`` (tests that need Janus fail with it) and returns None."""
-    marker = paths.janus_unavailable()
+    When it cannot run (not root, not installed or built, another one holds the namespace), says
+    so loudly, records why in ``run/<component>.unavailable`` (tests that need it fail with it)
+    and returns None."""
+    name, marker = server.component, paths.unavailable(server.component)
     try:
-        ensure_netns()
-        pid = running_pid(paths, "janus")
-        if pid is None and probe_janus():
+        server.net.ensure()
+        pid = running_pid(paths, name)
+        if pid is None and COMPONENTS[name].probe(paths):
             # not ours (no pid file of this stack): leave it alone, and do not block the rest
-            raise JanusUnavailable(
-                f"something that is not this stack's Janus already answers at "
-                f"http://{SFU_ADDRESS}:{JANUS_PORT}/janus (pids in network namespace {SFU_NETNS}: "
-                f"{netns_pids()}); stop it (or use another CAPSTAN_SFU_NET) and run `up` again"
+            raise NetnsUnavailable(
+                f"something that is not this stack's {server.title} already answers at {server.url} "
+                f"(pids in network namespace {server.net.name}: {server.net.pids()}); stop it "
+                "(or use another CAPSTAN_SFU_NET) and run `up` again"
             )
-        if shutil.which("janus") is None or not (JANUS_LIB_DIR / "plugins" / "libjanus_videoroom.so").exists():
-            raise JanusUnavailable(
-                "the Debian package `janus` is not installed; run `make system-deps` "
-                "(devstack/install-system-deps.sh)"
-            )
-    except JanusUnavailable as e:
+        why = server.missing()
+        if why:
+            raise NetnsUnavailable(why)
+    except NetnsUnavailable as e:
         marker.write_text(f"{e}\n")
-        log(f"WARNING: Janus (room server) skipped: {e}")
+        log(f"WARNING: {server.title} (room server) skipped: {e}")
         return None
     marker.unlink(missing_ok=True)
-    if write_janus_config(paths) and pid is not None:
-        log(f"Janus configuration in {paths.janus_conf} changed; restarting janus (pid {pid})")
-        _stop_pid(pid, "janus")
-        paths.pid_file("janus").unlink(missing_ok=True)
-    return _ensure_component(paths, "janus", started, reused)
+    if server.write_config(paths) and pid is not None:
+        log(f"{server.title} configuration changed; restarting {name} (pid {pid})")
+        _stop_pid(pid, name)
+        paths.pid_file(name).unlink(missing_ok=True)
+    return _ensure_component(paths, name, started, reused)
 
 
 def ensure_up(build_first: bool = True) -> StackEnv:
@@ -1067,9 +948,10 @@ def ensure_up(build_first: bool = True) -> StackEnv:
             res = _ensure_component(paths, name, started, reused)
             if res:
                 pending[name] = res
-        res = _ensure_janus(paths, started, reused)
-        if res:
-            pending["janus"] = res
+        for server in ROOM_SERVERS.values():
+            res = _ensure_room_server(paths, server, started, reused)
+            if res:
+                pending[server.component] = res
         for name, (pid, offset) in pending.items():
             _wait_healthy(paths, COMPONENTS[name], pid, offset, START_TIMEOUTS[name])
             log(f"{name} is healthy")
@@ -1098,16 +980,8 @@ def down() -> list[str]:
                 _stop_pid(pid, name)
                 stopped.append(name)
             paths.pid_file(name).unlink(missing_ok=True)
-        if os.geteuid() == 0 and netns_exists():
-            others = netns_pids()
-            if others:
-                log(
-                    f"WARNING: network namespace {SFU_NETNS} kept: processes not started by the stack "
-                    f"still run in it (pids {others}); stop them and run `down` again"
-                )
-            else:
-                delete_netns()
-                log(f"deleted network namespace {SFU_NETNS} and veth {SFU_HOST_IF}/{SFU_NS_IF}")
+        for server in ROOM_SERVERS.values():
+            server.net.delete_if_unused()
     if not stopped:
         log("nothing was running")
     return stopped
@@ -1125,11 +999,17 @@ def status() -> dict[str, dict[str, object]]:
             "addresses": [f"{LOOPBACK}:{port(p)}" for p in comp.ports],
             "log": str(paths.log_file(name)),
         }
+    jnet, lknet = janus_server.NET, livekit_server.NET
     out["janus"]["addresses"] = [
-        f"{SFU_ADDRESS}:{JANUS_PORT}",
-        f"{SFU_ADDRESS}:{JANUS_ADMIN_PORT} (netns {SFU_NETNS})",
+        f"{jnet.address}:{janus_server.PORT}",
+        f"{jnet.address}:{janus_server.ADMIN_PORT} (netns {jnet.name})",
     ]
-    out["janus"]["unavailable"] = _read_janus_unavailable(paths)
+    out["livekit"]["addresses"] = [
+        f"{lknet.address}:{livekit_server.PORT}",
+        f"{lknet.address}:{livekit_server.RTC_TCP_PORT} (netns {lknet.name})",
+    ]
+    for server in ROOM_SERVERS.values():
+        out[server.component]["unavailable"] = _read_unavailable(paths, server.component)
     return out
 
 
@@ -1140,9 +1020,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             env = ensure_up()
+            errors = {"janus": env.janus_error, "livekit": env.livekit_error}
             for name in ALL_COMPONENTS:
-                if name == "janus" and env.janus_error:
-                    print(f"janus: NOT RUNNING: {env.janus_error}")
+                if errors.get(name):
+                    print(f"{name}: NOT RUNNING: {errors[name]}")
                     continue
                 what = "started" if name in env.started else "reused"
                 print(f"{name}: {what}")
@@ -1165,7 +1046,7 @@ def main(argv: list[str] | None = None) -> int:
                     if st.get("unavailable"):
                         print(f"{'':15} ({st['unavailable']})")
             return 3 if any_down else 0
-    except StackError as e:
+    except (StackError, NetnsError) as e:
         print(f"[devstack] error: {e}", file=sys.stderr)
         return 1
     return 0

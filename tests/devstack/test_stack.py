@@ -18,11 +18,13 @@ import redis
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from devstack import janus_server, livekit_server
 from devstack import stack as devstack
 from devstack.pytest_plugin import new_api_client
 
 REPO = Path(__file__).resolve().parents[2]
 T = 10  # seconds, per request
+SFU = janus_server.NET
 
 
 def _token_client(stack: devstack.StackEnv, token: str) -> client.ApiClient:
@@ -165,11 +167,16 @@ def test_environment_is_exported(stack: devstack.StackEnv) -> None:
         assert os.environ[key] == value
     assert os.environ["S3_SECURE"] == "0"
     # names the Janus client (capstan/rooms/janus.py) reads
-    assert os.environ["JANUS_URL"] == f"http://{devstack.SFU_ADDRESS}:8088/janus"
-    assert os.environ["JANUS_ADMIN_URL"] == f"http://{devstack.SFU_ADDRESS}:7088/admin"
+    assert os.environ["JANUS_URL"] == f"http://{SFU.address}:8088/janus"
+    assert os.environ["JANUS_ADMIN_URL"] == f"http://{SFU.address}:7088/admin"
     assert os.environ["JANUS_ADMIN_SECRET"] and os.environ["JANUS_ADMIN_KEY"]
-    assert os.environ["ROOM_HOST_ADDRESS"] == devstack.SFU_HOST_ADDRESS
-    assert "LIVEKIT_URL" not in stack.env() or os.environ.get("CAPSTAN_LIVEKIT_URL")
+    assert os.environ["ROOM_HOST_ADDRESS"] == SFU.host_address
+    # names LiveKit's own CLI and SDKs read
+    assert os.environ["LIVEKIT_URL"] == f"ws://{livekit_server.NET.address}:7880"
+    assert os.environ["LIVEKIT_API_KEY"] and len(os.environ["LIVEKIT_API_SECRET"]) >= 32
+    # tools build.sh made, for the tests that call them
+    for tool in ("HELM", "PROMTOOL"):
+        assert os.access(os.environ[tool], os.X_OK), os.environ[tool]
     with new_api_client(os.environ["KUBECONFIG"]) as api:
         assert client.VersionApi(api).get_code().git_version
 
@@ -179,6 +186,7 @@ def test_up_is_idempotent(stack: devstack.StackEnv) -> None:
     again = devstack.ensure_up()
     assert again.started == []
     assert again.janus_error is None, again.janus_error
+    assert again.livekit_error is None, again.livekit_error
     assert sorted(again.reused) == sorted(devstack.ALL_COMPONENTS)
     after = devstack.status()
     assert {n: s["pid"] for n, s in after.items()} == {n: s["pid"] for n, s in before.items()}
@@ -208,6 +216,7 @@ def test_up_is_idempotent(stack: devstack.StackEnv) -> None:
     assert out.returncode == 0
     assert f"export KUBECONFIG={stack.kubeconfig}" in out.stdout.splitlines()
     assert f"export JANUS_URL={stack.janus_url}" in out.stdout.splitlines()
+    assert f"export LIVEKIT_URL={stack.livekit_url}" in out.stdout.splitlines()
     st = subprocess.run(
         [sys.executable, "-m", "devstack.stack", "status"],
         cwd=REPO,
@@ -343,7 +352,7 @@ def test_videoroom_create_needs_admin_key_and_takes_string_ids(janus: devstack.S
 
 def _netns(*argv: str) -> str:
     res = subprocess.run(
-        ["ip", "netns", "exec", devstack.SFU_NETNS, *argv], capture_output=True, text=True, timeout=T
+        ["ip", "netns", "exec", SFU.name, *argv], capture_output=True, text=True, timeout=T
     )
     assert res.returncode == 0, res.stderr
     return res.stdout
@@ -352,22 +361,22 @@ def _netns(*argv: str) -> str:
 def test_janus_runs_in_its_namespace_and_listens_only_there(janus: devstack.StackEnv) -> None:
     pid = devstack.running_pid(devstack.Paths(), "janus")
     assert pid
-    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{devstack.SFU_NETNS}").st_ino
+    assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(f"/run/netns/{SFU.name}").st_ino
     # a session with a handle, so that Janus has whatever sockets it opens for them
     vr = _VideoRoom(janus.janus_url)
     try:
         sockets = [line.split() for line in _netns("ss", "-lntupH").splitlines() if line.strip()]
         janus_sockets = [f for f in sockets if f'pid={pid},' in f[-1]]
-        assert {f[4] for f in janus_sockets} >= {f"{devstack.SFU_ADDRESS}:8088", f"{devstack.SFU_ADDRESS}:7088"}
+        assert {f[4] for f in janus_sockets} >= {f"{SFU.address}:8088", f"{SFU.address}:7088"}
         for f in sockets:  # netid state recv-q send-q local peer process
-            assert f[4].rsplit(":", 1)[0] == devstack.SFU_ADDRESS, f
+            assert f[4].rsplit(":", 1)[0] == SFU.address, f
     finally:
         vr.close()
     # the namespace reaches only 10.213.x.0/30: no default route, one address, no IPv6
     assert _netns("ip", "route", "show", "default").strip() == ""
     assert _netns("ip", "-6", "addr").strip() == ""
     addrs = _netns("ip", "-4", "-o", "addr").split("\n")
-    assert sorted(line.split()[3] for line in addrs if line) == [f"{devstack.SFU_ADDRESS}/30", "127.0.0.1/8"]
+    assert sorted(line.split()[3] for line in addrs if line) == [f"{SFU.address}/30", "127.0.0.1/8"]
 
 
 def test_up_twice_keeps_janus(janus: devstack.StackEnv) -> None:
@@ -380,16 +389,19 @@ def test_up_twice_keeps_janus(janus: devstack.StackEnv) -> None:
     assert devstack.probe_janus()
 
 
-def test_without_root_janus_is_reported_not_silently_skipped(
+def test_without_root_room_servers_are_reported_not_silently_skipped(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(devstack.os, "geteuid", lambda: 1000)
     paths = devstack.Paths(tmp_path)
     paths.mkdirs()
     started: list[str] = []
-    assert devstack._ensure_janus(paths, started, []) is None
+    for name, server in devstack.ROOM_SERVERS.items():
+        assert devstack._ensure_room_server(paths, server, started, []) is None
+        reason = paths.unavailable(name).read_text()
+        assert "needs root" in reason and server.net.name in reason
+        assert f"WARNING: {server.title} (room server) skipped" in capsys.readouterr().err
     assert started == []
-    reason = paths.janus_unavailable().read_text()
-    assert "needs root" in reason and devstack.SFU_NETNS in reason
-    assert "WARNING: Janus (room server) skipped" in capsys.readouterr().err
-    assert devstack.stack_env(paths).janus_error == reason.strip()
+    env = devstack.stack_env(paths)
+    assert env.janus_error and "capstan-sfu" in env.janus_error
+    assert env.livekit_error and "capstan-lk" in env.livekit_error
