@@ -30,6 +30,7 @@ from capstan.rooms.base import (
     RemoteTrack,
     RoomBackend,
     RoomConnection,
+    RoomConnectionLost,
     TrackKind,
     TrackPublished,
     TrackUnpublished,
@@ -132,9 +133,13 @@ class RecordingSession:
         self.worker.report(phase="idle", startTime=now(), message=f"attempt {self.ctx.attempt}: joined the room")
         try:
             reason = await self._follow_room()
+        except RoomConnectionLost:
+            # this attempt is over (the next one takes over): the robot "quit after timeout"
+            self.emit(RECORDER_STOP, {"LeaveCode": LEAVE_CODES[LeaveReason.timeout]})
+            raise
         finally:
             await self._stop_all()  # also when the room connection is lost: close and store open segments
-        if reason is not LeaveReason.removed and reason is not LeaveReason.room_closed:
+        if reason in (LeaveReason.normal, LeaveReason.idle):  # otherwise the server has already let us go
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.conn.leave(), timeout=10)
         return reason

@@ -34,9 +34,9 @@ if TYPE_CHECKING:  # PyAV is a worker dependency, not the operator's
 TrackKind = TrackType
 
 __all__ = [
-    "LEAVE_CODES", "JoinSecret", "LeaveReason", "Left", "MediaId", "Publisher", "RemoteTrack", "Role",
-    "RoomBackend", "RoomConnection", "RoomControl", "RoomEvent", "SecretKeyRef", "SecretReader", "TimedFrame",
-    "TrackKind", "TrackPublished", "TrackUnpublished", "VideoOutput", "AudioOutput",
+    "LEAVE_CODES", "AudioOutput", "JoinSecret", "LeaveReason", "Left", "MediaId", "Publisher", "RemoteTrack",
+    "Role", "RoomBackend", "RoomConnection", "RoomConnectionLost", "RoomControl", "RoomEvent", "SecretKeyRef",
+    "SecretReader", "TimedFrame", "TrackKind", "TrackPublished", "TrackUnpublished", "VideoOutput",
 ]
 
 
@@ -59,21 +59,26 @@ class TimedFrame:
 
 
 class LeaveReason(StrEnum):
-    """Why the worker's participant left the room (TRTC event 302 LeaveCode)."""
+    """Why the worker's participant left the room: TRTC event 302's LeaveCode (seed 002)."""
 
-    normal = "normal"  # 0: we stopped
-    removed = "removed"  # 1: RemoveUser / kicked by the server
-    room_closed = "room_closed"  # 2: the room was closed
-    server_shutdown = "server_shutdown"  # 3: the room server went away (shutdown, migration)
-    join_failed = "join_failed"  # 4: the connection could not be (re)established
+    normal = "normal"  # 0: the recording ended normally (stop, deletion)
+    removed = "removed"  # 1: removed from the room (RemoveUser / RemoveParticipant)
+    room_closed = "room_closed"  # 2: the room was closed (DismissRoom / DeleteRoom)
+    server_removed = "server_removed"  # 3: the server removed the robot on its own
+    server_closed = "server_closed"  # 4: the server closed the room on its own (shutdown, empty room)
     idle = "idle"  # 99: no anchor for MaxIdleTime
-    connection_lost = "connection_lost"  # 100: the session was lost and did not come back
-    replaced = "replaced"  # 101: the same user id joined again
+    timeout = "timeout"  # 100: the connection was lost and did not come back in time
+    replaced = "replaced"  # 101: the same user id entered the room again
 
 
 LEAVE_CODES = {LeaveReason.normal: 0, LeaveReason.removed: 1, LeaveReason.room_closed: 2,
-               LeaveReason.server_shutdown: 3, LeaveReason.join_failed: 4, LeaveReason.idle: 99,
-               LeaveReason.connection_lost: 100, LeaveReason.replaced: 101}
+               LeaveReason.server_removed: 3, LeaveReason.server_closed: 4, LeaveReason.idle: 99,
+               LeaveReason.timeout: 100, LeaveReason.replaced: 101}
+
+
+class RoomConnectionLost(RuntimeError):
+    """The room connection was lost and the backend could not get it back: the attempt fails over
+    (302 LeaveCode 100 for this attempt). Raised from :meth:`RoomConnection.events`."""
 
 
 @dataclass(frozen=True)

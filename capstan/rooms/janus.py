@@ -62,6 +62,7 @@ from capstan.rooms.base import (
     Left,
     MediaId,
     RemoteTrack,
+    RoomConnectionLost,
     RoomEvent,
     TimedFrame,
     TrackKind,
@@ -104,7 +105,7 @@ class RoomNotFound(JanusError):
     """The room does not exist on the Janus server."""
 
 
-class JanusConnectionLost(JanusError):
+class JanusConnectionLost(JanusError, RoomConnectionLost):
     """The Janus session is gone (server unreachable, restarted, or the session expired)."""
 
 
@@ -759,6 +760,25 @@ class JanusBackend:
         conn.pin = token
         conn.start(data.get("publishers", []))
         return conn
+
+    async def publish(self, url: str, room: str, identity: str, token: str) -> Any:
+        """Join `room` as publisher `identity` (capstan.rooms.janus_publisher.JanusPublisher)."""
+        from capstan.rooms.janus_publisher import JanusPublisher
+
+        session = await JanusSession.create(url or self.url)
+        try:
+            handle = await session.attach()
+            body: dict[str, Any] = {"request": "join", "ptype": "publisher", "room": room, "id": identity,
+                                    "display": identity}
+            if token:
+                body["pin"] = token
+            data, _ = await handle.message(body)
+            if data.get("videoroom") != "joined":
+                raise JanusError(0, f"unexpected answer to join: {data}")
+        except BaseException:
+            await session.destroy()
+            raise
+        return JanusPublisher(session, handle, self.host_address)
 
     async def _admin(self, body: dict[str, Any]) -> dict[str, Any]:
         if not self.url:
