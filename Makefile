@@ -42,8 +42,10 @@ test: stack-up
 	@$(PY) -m mypy
 	@$(PY) -m pytest -q
 
+# ROOM=janus records a Janus VideoRoom instead of a LiveKit room.
+ROOM ?= livekit
 demo: stack-up
-	@$(PY) -m devstack.demo
+	@$(PY) -m devstack.demo --room $(ROOM)
 
 bench: stack-up
 	@$(PY) -m bench

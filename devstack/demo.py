@@ -1,15 +1,15 @@
 """`make demo`: Capstan records a real room on the local real stack.
 
 Starts (or reuses) the stack, installs the CRDs, runs the pod runner and the operator, puts two
-synthetic anchors (a colour and a tone each) into a real Janus VideoRoom, applies a single-stream
-CloudRecording, follows the task through its phases, stops it, and prints where its files are.
-
-The room server is Janus because LiveKit, Capstan's default backend, cannot be built on this
-machine (see docs/room-backends.md); the CloudRecording differs only in `room.backend` and `url`.
+synthetic anchors (a colour and a tone each) into a real room — LiveKit by default, Janus VideoRoom
+with ``--room janus`` (``make demo ROOM=janus``) — applies a single-stream CloudRecording
+(examples/cloudrecording-single.yaml, or -janus.yaml), follows the task through its phases, stops
+it, and prints where its files are.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
@@ -20,13 +20,14 @@ import yaml
 from kubernetes import client, config
 
 from capstan.api import GROUP, VERSION
-from capstan.rooms.janus import JanusBackend
-from capstan.rooms.synthetic import SyntheticAnchor
+from devstack.anchors import SyntheticAnchor
 from devstack.harness import ROOT, BackgroundLoop, OperatorProcess, install_crds, wait_for
 from devstack.podrunner import PodRunner
+from devstack.rooms import BACKENDS, RoomServer
 from devstack.stack import ensure_up
 
 RECORD_SECONDS = 12
+EXAMPLES = {"livekit": "cloudrecording-single.yaml", "janus": "cloudrecording-janus.yaml"}
 ANCHORS = {"teacher": ((220, 40, 40), 440.0), "student": ((40, 60, 220), 880.0)}
 
 
@@ -34,11 +35,16 @@ def say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--room", choices=BACKENDS, default="livekit", help="the room backend (default livekit)")
+    backend = parser.parse_args(argv).room
     say("starting the local stack (first run builds it: see docs/development.md)")
     stack = ensure_up()
-    if stack.janus_error:
-        say(f"the room server (Janus) cannot run here: {stack.janus_error}")
+    try:
+        server = RoomServer.from_stack(backend, stack)
+    except RuntimeError as exc:
+        say(f"the room server cannot run here: {exc}")
         return 1
     os.environ.update(stack.env())
     config.load_kube_config(config_file=stack.kubeconfig)
@@ -50,9 +56,12 @@ def main() -> int:
     run = int(time.time())
     namespace, room = f"capstan-demo-{run}", f"demo-{run}"
     core.create_namespace({"metadata": {"name": namespace}}, _request_timeout=30)
+    example = yaml.safe_load((ROOT / "examples" / EXAMPLES[backend]).read_text())
+    room_secret = example["spec"]["room"]["credentialsSecretRef"]["name"]
     for name, data in (("storage-credentials", {"accessKey": stack.s3_access_key, "secretKey": stack.s3_secret_key}),
-                       ("janus-room", {})):
-        core.create_namespaced_secret(namespace, {"metadata": {"name": name}, "stringData": data},
+                       (room_secret, server.secret_data())):
+        core.create_namespaced_secret(namespace, {"metadata": {"name": name, "labels": {"capstan.dev/use": "true"}},
+                                                  "stringData": data},
                                       _request_timeout=30)
     bucket = "recordings"
     s3 = _s3(stack)
@@ -61,32 +70,32 @@ def main() -> int:
 
     loop = BackgroundLoop()
     on_loop = loop.run
-    janus = JanusBackend(stack.janus_url, host_address=stack.room_host_address)
-    on_loop(janus.create_room(room, stack.janus_admin_key))
+    control = server.control()
+    on_loop(control.create_room(room))
     anchors = []
     for user, (color, tone) in ANCHORS.items():
-        anchor = SyntheticAnchor(stack.janus_url, room, user, color=color, tone_hz=tone,
-                                 host_address=stack.room_host_address)
+        anchor = SyntheticAnchor(server, room, user, color=color, tone_hz=tone)
         on_loop(anchor.start())
         anchors.append(anchor)
-        say(f"anchor {user!r} publishes colour {color} and a {tone:.0f} Hz tone in Janus room {room!r}")
+        say(f"anchor {user!r} publishes colour {color} and a {tone:.0f} Hz tone in {backend} room {room!r}")
 
     logs = Path(tempfile.mkdtemp(prefix="capstan-demo-"))
     runner = PodRunner(kubeconfig=stack.kubeconfig)
     runner.start()
     operator = OperatorProcess(namespace, {**os.environ, "CAPSTAN_METRICS_PORT": "0",
-                                           "CAPSTAN_RECONCILE_INTERVAL": "1",
-                                           "CAPSTAN_WORKER_ENV_ROOM_HOST_ADDRESS": stack.room_host_address},
+                                           "CAPSTAN_RECONCILE_INTERVAL": "1", **server.worker_env()},
                                logs / "operator.log")
     operator.start()
     try:
-        rec = yaml.safe_load((ROOT / "examples" / "cloudrecording-janus.yaml").read_text())
-        rec["spec"]["room"].update({"url": stack.janus_url, "strRoomId": room})
+        rec = example
+        rec["spec"]["room"].pop("roomId", None)
+        rec["spec"]["room"].update({"url": server.url, "strRoomId": room})
         rec["spec"]["storage"]["endpoint"] = stack.s3_endpoint
+        rec["spec"].pop("callback", None)  # the demo runs no callback receiver
         name = rec["metadata"]["name"]
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "cloudrecordings", rec,
                                                _request_timeout=30)
-        say(f"applied CloudRecording {namespace}/{name} (examples/cloudrecording-janus.yaml)")
+        say(f"applied CloudRecording {namespace}/{name} (examples/{EXAMPLES[backend]}, with this room and MinIO)")
 
         def status() -> dict:
             obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "cloudrecordings", name,
@@ -127,6 +136,8 @@ def main() -> int:
         runner.stop()
         for anchor in anchors:
             on_loop(anchor.stop())
+        on_loop(control.close_room(room))
+        on_loop(control.aclose())
         loop.close()
 
 

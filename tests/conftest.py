@@ -40,7 +40,9 @@ def operator_factory(stack, crds, pod_runner, namespace, tmp_path) -> Iterator[C
         env = {**os.environ, **stack.env(), "CAPSTAN_METRICS_PORT": "0", "CAPSTAN_RECONCILE_INTERVAL": "1",
                "CAPSTAN_STOP_GRACE_SECONDS": "30", "PYTHONUNBUFFERED": "1",
                # lifecycle tests run workers in base mode (no room server); media tests override it
-               "CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE": "base", **settings}
+               "CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE": "base",
+               # the tests' callback receivers listen on loopback, which the URL policy refuses by default
+               "CAPSTAN_URL_ALLOW_CIDRS": "127.0.0.0/8", **settings}
         op = OperatorProcess(namespace, env, tmp_path / f"operator-{len(started)}.log")
         op.start()
         started.append(op)
@@ -57,3 +59,12 @@ def operator_factory(stack, crds, pod_runner, namespace, tmp_path) -> Iterator[C
 @pytest.fixture
 def operator(operator_factory) -> OperatorProcess:
     return operator_factory()
+
+
+@pytest.fixture(params=["livekit", "janus"])
+def room_server(request: pytest.FixtureRequest) -> Any:
+    """Each room backend of the stack in turn (devstack.rooms.RoomServer); fails when it cannot run."""
+    from devstack.rooms import RoomServer
+
+    env = request.getfixturevalue(request.param)  # the `livekit` / `janus` fixture: fails with the reason
+    return RoomServer.from_stack(request.param, env)

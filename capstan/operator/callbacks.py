@@ -14,8 +14,6 @@ import hmac
 import http.client
 import json
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -23,6 +21,9 @@ from typing import Any
 
 from capstan.api import KindInfo
 from capstan.api.common import CallbackStatus, TaskEvent
+from capstan.net import fetch
+from capstan.net.urlpolicy import UrlPolicy, UrlRefused, Use
+from capstan.operator import outbox
 
 EVENT_GROUP_CLOUD_RECORDING = 3
 RESULT_EVENT = 0  # a kind's final result body, sent as it is
@@ -102,6 +103,7 @@ class Outcome(StrEnum):
     delivered = "delivered"
     retry = "retry"
     gave_up = "gave_up"
+    refused = "refused"  # not a well-formed event of this task: never signed, never sent
 
 
 def after_try(state: CallbackStatus, event: TaskEvent, error: str | None, now: dt.datetime,
@@ -121,6 +123,13 @@ def after_try(state: CallbackStatus, event: TaskEvent, error: str | None, now: d
         "attempts": attempts, "first_attempt_at": timestamp(first),
         "next_attempt_at": timestamp(now + dt.timedelta(seconds=backoff(attempts))),
         "last_error": error}), Outcome.retry
+
+
+def refuse(state: CallbackStatus, event: TaskEvent, why: str) -> CallbackStatus:
+    """The event is done without being sent: counted as failed, the reason kept."""
+    return state.model_copy(update={
+        "delivered_seq": event.seq, "failed": state.failed + 1, "attempts": 0, "first_attempt_at": None,
+        "next_attempt_at": None, "last_error": f"event {event.type} (seq {event.seq}) refused: {why}"})
 
 
 def skip_all(events: list[TaskEvent], state: CallbackStatus) -> CallbackStatus:
@@ -159,6 +168,11 @@ def deliver_due(kind_info: KindInfo, spec: dict[str, Any], status: dict[str, Any
         event = next_step(events, state, clock())
         if event is None:
             break
+        why = outbox.refusal(kind_info, spec, status, event)
+        if why is not None:
+            state = refuse(state, event, why)
+            attempts.append(Attempt(event, Outcome.refused, state.last_error, state.attempts + 1))
+            continue
         if ref and key is None and key_error is None:
             try:
                 key = read_key(ref["name"], ref["key"])
@@ -177,18 +191,19 @@ def deliver_due(kind_info: KindInfo, spec: dict[str, Any], status: dict[str, Any
     return state, attempts
 
 
-def deliver(url: str, body: bytes, header_map: dict[str, str], timeout: float = 5.0) -> str | None:
-    """POST once; None when the receiver answered 200, else what went wrong."""
-    request = urllib.request.Request(url, data=body, headers=header_map, method="POST")
+def deliver(url: str, body: bytes, header_map: dict[str, str], timeout: float = 5.0,
+            policy: UrlPolicy | None = None) -> str | None:
+    """POST once through the URL policy; None when the receiver answered 200, else what went wrong.
+
+    A refused URL is reported without any connection made; a redirect is a failure (following it
+    would let a receiver steer the operator to an address the policy refuses).
+    """
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the user's URL
-            code = response.status
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        code = exc.code
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        return f"{type(reason).__name__}:{reason}" if isinstance(reason, BaseException) else str(reason)
+        code = fetch.post(url, body, header_map, policy=policy or UrlPolicy(), use=Use.callback, timeout=timeout)
+    except UrlRefused as exc:
+        return f"refused by the URL policy: {exc}"
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return f"{type(exc).__name__}:{exc}"
+    if 300 <= code < 400:
+        return f"HTTP {code} (redirects are not followed)"
     return None if code == 200 else f"HTTP {code}"

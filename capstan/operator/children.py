@@ -60,7 +60,8 @@ def service_account(info: KindInfo, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def role(info: KindInfo, body: dict[str, Any]) -> dict[str, Any]:
-    """Get/watch its own resource, patch its own status — nothing else."""
+    """Get/watch its own resource, patch its own status — nothing else (no `update`: a worker
+    never replaces its object; what it writes to status is checked before the operator signs it)."""
     name = body["metadata"]["name"]
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -70,7 +71,7 @@ def role(info: KindInfo, body: dict[str, Any]) -> dict[str, Any]:
             {"apiGroups": [GROUP], "resources": [info.plural], "resourceNames": [name],
              "verbs": ["get", "list", "watch"]},
             {"apiGroups": [GROUP], "resources": [f"{info.plural}/status"], "resourceNames": [name],
-             "verbs": ["get", "patch", "update"]},
+             "verbs": ["patch"]},
         ],
     }
 
@@ -90,6 +91,23 @@ def secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
 
 
+# The operator Deployment's hardening, for the Pods that decode untrusted media: the `restricted`
+# Pod Security Standard (non-root, no privilege escalation, no capabilities, RuntimeDefault
+# seccomp) plus a read-only root filesystem; /work and /tmp are the only writable places.
+CONTAINER_SECURITY_CONTEXT: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def pod_security_context(uid: int) -> dict[str, Any]:
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
 def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: OperatorConfig,
                extra_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The worker Pod of one attempt. restartPolicy Never: the operator itself runs failover attempts,
@@ -107,6 +125,7 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
         {"name": "CAPSTAN_TASK_ID", "value": str(status.get("taskId", ""))},
         {"name": "CAPSTAN_ATTEMPT", "value": str(attempt)},
         {"name": "CAPSTAN_WORK_DIR", "value": "/work"},
+        {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only; caches go to the tmp volume
         *[{"name": k, "value": v} for k, v in sorted(config.worker_env.items())],
         *(extra_env or []),
     ]
@@ -118,14 +137,16 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
             "serviceAccountName": service_account_name(info, name),
             "restartPolicy": "Never",
             "terminationGracePeriodSeconds": config.stop_grace_seconds,
+            "securityContext": pod_security_context(config.worker_uid),
             "containers": [{
                 "name": info.worker,
                 "image": config.image_for(info.worker),
                 "command": [config.worker_python, "-m", "capstan.worker", info.worker],
                 "env": env,
-                "volumeMounts": [{"name": "work", "mountPath": "/work"}],
-                "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}},
+                "volumeMounts": [{"name": "work", "mountPath": "/work"}, {"name": "tmp", "mountPath": "/tmp"}],
+                "resources": config.resources_for(info.worker),
+                "securityContext": CONTAINER_SECURITY_CONTEXT,
             }],
-            "volumes": [{"name": "work", "emptyDir": {}}],
+            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
         },
     }

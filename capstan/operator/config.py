@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
+
+from capstan.net.urlpolicy import UrlPolicy
 
 PREFIX = "capstan.dev"
 FINALIZER = f"{PREFIX}/finalizer"
@@ -11,6 +15,12 @@ LABEL_TASK = f"{PREFIX}/task"
 LABEL_KIND = f"{PREFIX}/kind"
 LABEL_ATTEMPT = f"{PREFIX}/attempt"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
+# What a worker Pod may use unless the chart says otherwise (workerResources); the recorder spools
+# segments on its emptyDir, hence the ephemeral-storage bounds.
+DEFAULT_WORKER_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
+    "limits": {"memory": "2Gi", "ephemeral-storage": "10Gi"},
+}
 WORKER_IMAGE_ENV = {"recorder": "CAPSTAN_WORKER_IMAGE_RECORDER", "pusher": "CAPSTAN_WORKER_IMAGE_PUSHER",
                     "panorama": "CAPSTAN_WORKER_IMAGE_PANORAMA"}
 
@@ -35,10 +45,17 @@ class OperatorConfig:
     callback_give_up_seconds: float = 90.0
     worker_env: dict[str, str] = field(default_factory=dict)
     worker_images: dict[str, str] = field(default_factory=dict)  # per worker: recorder, pusher, panorama
+    # Requests/limits per worker ("default", or a worker's name: recorder, pusher, panorama).
+    worker_resources: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": DEFAULT_WORKER_RESOURCES})
+    worker_uid: int = 10001  # the non-root user worker containers run as (the images' user)
+    url_policy: UrlPolicy = field(default_factory=UrlPolicy)  # what tenant URLs may reach
 
     def image_for(self, worker: str) -> str:
         """Each worker kind has its own image (panorama carries Chromium); one image may serve all."""
         return self.worker_images.get(worker, self.worker_image)
+
+    def resources_for(self, worker: str) -> dict[str, Any]:
+        return self.worker_resources.get(worker) or self.worker_resources.get("default") or DEFAULT_WORKER_RESOURCES
 
     @classmethod
     def from_env(cls) -> OperatorConfig:
@@ -60,4 +77,17 @@ class OperatorConfig:
             callback_give_up_seconds=float(os.environ.get("CAPSTAN_CALLBACK_GIVE_UP_SECONDS", "90")),
             worker_env=worker_env,
             worker_images={w: os.environ[var] for w, var in WORKER_IMAGE_ENV.items() if os.environ.get(var)},
+            worker_resources=_worker_resources(os.environ.get("CAPSTAN_WORKER_RESOURCES")),
+            worker_uid=_int("CAPSTAN_WORKER_UID", 10001),
+            url_policy=UrlPolicy.from_env(),
         )
+
+
+def _worker_resources(value: str | None) -> dict[str, dict[str, Any]]:
+    """CAPSTAN_WORKER_RESOURCES: JSON {"default": {requests, limits}, "recorder": {...}, ...}."""
+    if not value:
+        return {"default": DEFAULT_WORKER_RESOURCES}
+    parsed = json.loads(value)
+    if not isinstance(parsed, dict) or not all(isinstance(v, dict) for v in parsed.values()):
+        raise ValueError("CAPSTAN_WORKER_RESOURCES must be a JSON object of {requests, limits} per worker")
+    return {"default": DEFAULT_WORKER_RESOURCES, **parsed}

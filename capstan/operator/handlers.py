@@ -18,6 +18,7 @@ import kubernetes
 
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
 from capstan.api.common import CallbackStatus, Phase, TaskEvent
+from capstan.net.urlpolicy import redact_userinfo
 from capstan.operator import callbacks, children, kube, metrics
 from capstan.operator.admission import QueueEntry, queue_position
 from capstan.operator.config import FINALIZER, PREFIX, OperatorConfig
@@ -91,6 +92,7 @@ def _observe_pod(info: KindInfo, namespace: str, name: str, attempt: int) -> Pod
         term = (cs.get("state") or {}).get("terminated")
         if term:
             exit_code, message = term.get("exitCode"), term.get("message") or term.get("reason")
+            message = redact_userinfo(message) if message else message
     state = {"Pending": PodState.pending, "Running": PodState.running, "Succeeded": PodState.succeeded,
              "Failed": PodState.failed}.get(phase, PodState.pending)
     return PodObservation(state, attempt=attempt, exit_code=exit_code, message=message)
@@ -253,7 +255,8 @@ def _callbacks(info: KindInfo, body: kopf.Body, spec: dict, st: dict, patch: kop
         ns = body["metadata"]["namespace"]
         new, attempts = callbacks.deliver_due(
             info, spec, st, state, lambda name, key: kube.read_secret_key(ns, name, key),
-            lambda url, data, headers: callbacks.deliver(url, data, headers, CONFIG.callback_timeout),
+            lambda url, data, headers: callbacks.deliver(url, data, headers, CONFIG.callback_timeout,
+                                                         CONFIG.url_policy),
             CONFIG.callback_give_up_seconds)
         for tried in attempts:
             _post_attempt(info, body, events, tried)
@@ -266,7 +269,9 @@ def _callbacks(info: KindInfo, body: kopf.Body, spec: dict, st: dict, patch: kop
 def _post_attempt(info: KindInfo, body: kopf.Body, events: list[TaskEvent], tried: callbacks.Attempt) -> None:
     metrics.CALLBACKS.labels(info.plural, tried.outcome.value).inc()
     event = tried.event
-    if tried.outcome is callbacks.Outcome.gave_up:
+    if tried.outcome is callbacks.Outcome.refused:
+        kopf.event(body, type="Warning", reason="CallbackRefused", message=tried.error or "")
+    elif tried.outcome is callbacks.Outcome.gave_up:
         kopf.event(body, type="Warning", reason="CallbackFailed",
                    message=f"event {event.type} (seq {event.seq}): {callbacks.failed_message(tried.error or '')}")
     elif tried.key_missing and tried.tries == 1:

@@ -112,13 +112,20 @@ def delete_children(info: KindInfo, namespace: str, task: str) -> None:
 
 
 def read_secret_key(namespace: str, name: str, key: str) -> str:
-    """One key of a Secret, decoded (raises KeyError naming the Secret and key if missing)."""
+    """One key of a Secret that opted in to Capstan (label capstan.dev/use: "true"), decoded.
+
+    Raises SecretNotFound / SecretNotOptedIn (one message for both) or KeyError naming the key.
+    Every Secret a task names is read through here, so the opt-in covers every reference.
+    """
     try:
         secret = core().read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
     except ApiException as exc:
         if exc.status == 404:
-            raise KeyError(f"Secret {namespace}/{name} not found") from None
+            raise worker_env.SecretNotFound(worker_env.unavailable_message(namespace, name)) from None
         raise
+    labels = (secret.metadata.labels if secret.metadata else None) or {}
+    if labels.get(worker_env.SECRET_OPT_IN_LABEL) != "true":
+        raise worker_env.SecretNotOptedIn(worker_env.unavailable_message(namespace, name))
     data = secret.data or {}
     if key not in data:
         raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")

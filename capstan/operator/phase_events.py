@@ -12,7 +12,9 @@ from typing import Any
 
 import kopf
 
-from capstan.api import GROUP, KINDS, VERSION
+from capstan.api import GROUP, KINDS, VERSION, KindInfo
+from capstan.api.common import TaskEvent
+from capstan.operator import outbox
 
 EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 304: "FileInfo",
                  305: "UploadStop", 306: "Failover", 307: "FileSlice", 308: "UploadError",
@@ -20,7 +22,7 @@ EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 
 WARNING_TYPES = {308, 309}
 
 
-def _mirror_outbox(body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:
+def _mirror_outbox(info: KindInfo, body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:
     events = status.get("events") or []
     last = max((int(e.get("seq", 0)) for e in events), default=0)
     seen = memo.get("last_event_seq")
@@ -31,17 +33,26 @@ def _mirror_outbox(body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> Non
         if int(event.get("seq", 0)) <= seen:
             continue
         kind = int(event.get("type", 0))
+        try:
+            why = outbox.refusal(info, dict(body.get("spec") or {}), dict(status), TaskEvent.model_validate(event))
+        except ValueError as exc:  # not even an outbox entry
+            why = f"malformed outbox entry ({type(exc).__name__})"
+        if why is not None:  # a worker wrote it, the operator does not repeat it
+            kopf.event(body, type="Warning", reason="EventRefused", message=f"seq {event.get('seq')}: {why}"[:1000])
+            continue
         payload = json.dumps(event.get("payload") or {}, separators=(",", ":"), ensure_ascii=False)
         kopf.event(body, type="Warning" if kind in WARNING_TYPES else "Normal",
                    reason=EVENT_REASONS.get(kind, f"Event{kind}"), message=f"{kind} {payload}"[:1000])
 
 
-def register(plural: str) -> None:
+def register(info: KindInfo) -> None:
+    plural = info.plural
+
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-phase-events")
     def phase_changed(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, type: str | None,
                       **_: Any) -> None:
         if type != "DELETED":
-            _mirror_outbox(body, status, memo)
+            _mirror_outbox(info, body, status, memo)
         phase = status.get("phase")
         last = memo.get("last_phase")
         if type == "DELETED" or not phase or phase == last:
@@ -57,4 +68,4 @@ def register(plural: str) -> None:
 
 
 for _info in KINDS:
-    register(_info.plural)
+    register(_info)

@@ -16,6 +16,24 @@ from capstan.api import KindInfo
 from capstan.operator import children
 from capstan.rooms.base import Role, SecretReader
 
+# A task may use a Secret only when the Secret says so: otherwise anyone who may create a task could
+# make its worker send any Secret of the namespace to a room server of their choosing.
+SECRET_OPT_IN_LABEL = "capstan.dev/use"
+
+
+class SecretNotFound(KeyError):
+    """The referenced Secret does not exist."""
+
+
+class SecretNotOptedIn(KeyError):
+    """The referenced Secret exists but does not carry `capstan.dev/use: "true"`."""
+
+
+def unavailable_message(namespace: str, name: str) -> str:
+    """One message for "missing" and "not opted in", so a failed task does not tell its author
+    which Secrets exist."""
+    return f'Secret {namespace}/{name} not found or not labelled {SECRET_OPT_IN_LABEL}: "true"'
+
 
 class TaskConfigError(Exception):
     """The task refers to something that is not there; the message names the field."""
@@ -36,6 +54,16 @@ def _check(read: SecretReader, field_path: str, name: str, key: str) -> str:
         return read(name, key)
     except KeyError as exc:
         raise TaskConfigError(f"{field_path}: {exc.args[0]}") from None
+
+
+def _check_opt_in(read: SecretReader, field_path: str, name: str, key: str) -> None:
+    """For a key that may be missing: the Secret, if there, must still have opted in."""
+    try:
+        read(name, key)
+    except SecretNotOptedIn as exc:
+        raise TaskConfigError(f"{field_path}: {exc.args[0]}") from None
+    except KeyError:
+        pass
 
 
 def _value(name: str, value: Any) -> dict[str, Any]:
@@ -66,7 +94,9 @@ def _room_env(info: KindInfo, body: dict[str, Any], read: SecretReader, out: Wor
         join = backend.join_secret(role, room_name, spec[identity_field], creds, read)
     except KeyError as exc:
         raise TaskConfigError(f"spec.room.credentialsSecretRef: {exc.args[0]}") from None
-    if join.ref is not None:
+    if join.ref is not None:  # a Secret the kubelet reads for the worker: it must have opted in too
+        (_check_opt_in if join.ref.optional else _check)(read, "spec.room.credentialsSecretRef", join.ref.name,
+                                                         join.ref.key)
         out.env.append(children.secret_env("ROOM_TOKEN", join.ref.name, join.ref.key, optional=join.ref.optional))
         return
     assert join.minted is not None
@@ -111,4 +141,7 @@ def worker_env(info: KindInfo, body: dict[str, Any], read: SecretReader) -> Work
         if ref:
             _check(read, field_path, ref["name"], ref["key"])
             out.env.append(children.secret_env(env_name, ref["name"], ref["key"]))
+    signing = (spec.get("callback") or {}).get("signingKeySecretRef")
+    if signing:  # read at delivery time (a missing key is retried there); refused now if not opted in
+        _check_opt_in(read, "spec.callback.signingKeySecretRef", signing["name"], signing["key"])
     return out

@@ -8,6 +8,7 @@ import os
 import sys
 
 from capstan.api.cloudrecording import CloudRecordingSpec, RecordMode
+from capstan.net.urlpolicy import redact_userinfo
 from capstan.operator.phases import EXIT_TASK_REFUSED
 from capstan.recorder.session import RecordingSession
 from capstan.rooms import BackendUnavailable, backend_for
@@ -41,7 +42,7 @@ def run(worker: Worker) -> int:
         log.exception("recording failed")
         worker.report(message=f"attempt {worker.ctx.attempt} failed: {exc}"[:1000])
         uploader.flush(timeout=60)
-        print(f"recorder: {exc}", file=sys.stderr)
+        print(redact_userinfo(f"recorder: {exc}"), file=sys.stderr)
         return 1
     code = session.finish(reason)
     uploader.stop()

@@ -21,6 +21,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from capstan.api import GROUP, VERSION
+from capstan.net.urlpolicy import redact_userinfo
 
 TIMEOUT = 10
 log = logging.getLogger("capstan.worker")
@@ -110,7 +111,14 @@ class Worker:
         self._spec_listeners.append(listener)
 
     def report(self, **status: Any) -> None:
-        """Patch our own status; errors are logged, never fatal (the recording matters more)."""
+        """Patch our own status; errors are logged, never fatal (the recording matters more).
+
+        Messages become Events and `kubectl get` columns: credentials in URLs are dropped first."""
+        if isinstance(status.get("message"), str):
+            status["message"] = redact_userinfo(status["message"])
+        result = status.get("result")
+        if isinstance(result, dict) and isinstance(result.get("errorMessage"), str):
+            status["result"] = {**result, "errorMessage": redact_userinfo(result["errorMessage"])}
         try:
             self.resource.patch_status(status)
         except (ApiException, OSError) as exc:

@@ -12,6 +12,7 @@ import pytest
 
 from capstan.api import CLOUD_RECORDING, STREAM_PUSH, WEB_RECORDING
 from capstan.api.common import CallbackStatus, TaskEvent
+from capstan.net.urlpolicy import UrlPolicy
 from capstan.operator import callbacks
 from capstan.operator.callbacks import Outcome
 
@@ -111,7 +112,8 @@ class Clock:
 
 
 def test_deliver_due_sends_in_order_and_stops_at_a_failure():
-    status = {**STATUS, "events": [e.model_dump(by_alias=True) for e in (event(1), event(2, 302), event(3, 305))]}
+    events = (event(1), event(2, 302, {"LeaveCode": 0}), event(3, 305))
+    status = {**STATUS, "events": [e.model_dump(by_alias=True) for e in events]}
     sent, answers = [], iter([None, "HTTP 500"])
 
     def send(url, body, head):
@@ -142,5 +144,7 @@ def test_missing_signing_key_is_a_failed_try_and_nothing_is_sent():
 
 
 def test_deliver_reports_connection_errors():
-    error = callbacks.deliver("http://127.0.0.1:9/", b"{}", {"Content-Type": "application/json"}, timeout=2)
+    loopback = UrlPolicy.from_env({"CAPSTAN_URL_ALLOW_CIDRS": "127.0.0.0/8"})
+    error = callbacks.deliver("http://127.0.0.1:9/", b"{}", {"Content-Type": "application/json"}, timeout=2,
+                              policy=loopback)
     assert error and "refused" in error.lower()

@@ -80,7 +80,8 @@ def receiver() -> Iterator[Receiver]:
 def tasks(kube_api, namespace) -> Tasks:
     t = Tasks(kube_api, namespace).create_credentials()
     t.core.create_namespaced_secret(namespace, client.V1Secret(
-        metadata=client.V1ObjectMeta(name="callback-key"), string_data={"key": KEY}), _request_timeout=30)
+        metadata=client.V1ObjectMeta(name="callback-key", labels={"capstan.dev/use": "true"}),
+        string_data={"key": KEY}), _request_timeout=30)
     return t
 
 

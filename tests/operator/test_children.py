@@ -39,3 +39,35 @@ def test_each_worker_kind_runs_its_own_image():
     assert children.worker_pod(CLOUD_RECORDING, BODY, 1, cfg)["spec"]["containers"][0]["image"] == "rec:1"
     web = {**BODY, "kind": "WebRecording"}
     assert children.worker_pod(WEB_RECORDING, web, 1, cfg)["spec"]["containers"][0]["image"] == "pano:1"
+
+
+def test_worker_may_only_patch_its_status_never_update_the_object():
+    rules = {r["resources"][0]: r["verbs"] for r in children.role(CLOUD_RECORDING, BODY)["rules"]}
+    assert rules == {"cloudrecordings": ["get", "list", "watch"], "cloudrecordings/status": ["patch"]}
+
+
+def test_worker_pod_is_hardened_like_the_operator():
+    pod = children.worker_pod(CLOUD_RECORDING, BODY, 1, OperatorConfig())
+    spec, (container,) = pod["spec"], pod["spec"]["containers"]
+    assert spec["securityContext"] == {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                       "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["runAsNonRoot"]
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # the only writable places are emptyDirs
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/work", "/tmp"}
+    assert all("emptyDir" in v for v in spec["volumes"])
+    assert container["resources"]["limits"]["ephemeral-storage"]
+
+
+def test_worker_resources_are_configurable_per_worker(monkeypatch):
+    monkeypatch.setenv("CAPSTAN_WORKER_RESOURCES", '{"default": {"requests": {"cpu": "1"}}, '
+                                                   '"recorder": {"limits": {"ephemeral-storage": "50Gi"}}}')
+    cfg = OperatorConfig.from_env()
+    from capstan.api import STREAM_PUSH
+
+    assert children.worker_pod(CLOUD_RECORDING, BODY, 1, cfg)["spec"]["containers"][0]["resources"] == {
+        "limits": {"ephemeral-storage": "50Gi"}}
+    push = {**BODY, "kind": "StreamPush"}
+    assert children.worker_pod(STREAM_PUSH, push, 1, cfg)["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "1"}}

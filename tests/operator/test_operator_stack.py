@@ -20,6 +20,9 @@ STORAGE = {"endpoint": "127.0.0.1:9000", "bucket": "recordings", "secure": False
            "credentialsSecretRef": {"name": "storage-credentials"}}
 
 
+USE = {"labels": {"capstan.dev/use": "true"}}  # Secrets opt in to being used by tasks
+
+
 def recording(name: str, **spec) -> dict:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudRecording", "metadata": {"name": name},
             "spec": {"room": ROOM, "recorderUserId": f"robot-{name}", "storage": STORAGE, **spec}}
@@ -36,7 +39,7 @@ class Tasks:
         """The Secrets ROOM and STORAGE refer to (the worker gets them only as secretKeyRefs)."""
         for name, data in (("livekit-credentials", {"apiKey": "devkey", "apiSecret": "devsecret" * 4}),
                            ("storage-credentials", {"accessKey": "capstan", "secretKey": "capstan-secret"})):
-            self.core.create_namespaced_secret(self.ns, {"metadata": {"name": name}, "stringData": data},
+            self.core.create_namespaced_secret(self.ns, {"metadata": {"name": name, **USE}, "stringData": data},
                                                _request_timeout=30)
         return self
 

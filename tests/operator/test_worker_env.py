@@ -76,3 +76,37 @@ def test_missing_secret_names_the_field(spec, field):
     with pytest.raises(TaskConfigError) as err:
         worker_env(CLOUD_RECORDING, body(**spec), read)
     assert str(err.value).startswith(field) and "nope" in str(err.value)
+
+
+def opted_out(*names):
+    """A reader over SECRETS where `names` exist but have not opted in (as kube.read_secret_key raises)."""
+    from capstan.operator.worker_env import SecretNotOptedIn, unavailable_message
+
+    def reader(name, key):
+        if name in names:
+            raise SecretNotOptedIn(unavailable_message("ns", name))
+        return read(name, key)
+    return reader
+
+
+@pytest.mark.parametrize(("spec", "field", "secret"), [
+    ({"recorderTokenSecretRef": {"name": "other", "key": "k"}}, "spec.recorderTokenSecretRef", "other"),
+    ({}, "spec.room.credentialsSecretRef", "lk"),
+    ({}, "spec.storage.credentialsSecretRef", "s3"),
+    ({"callback": {"url": "https://h.example/", "signingKeySecretRef": {"name": "cbk", "key": "k"}}},
+     "spec.callback.signingKeySecretRef", "cbk"),
+    ({"room": {"backend": "janus", "url": "http://j/janus", "sdkAppId": 1, "roomId": 1,
+               "credentialsSecretRef": {"name": "pin"}}}, "spec.room.credentialsSecretRef", "pin"),
+])
+def test_a_secret_that_did_not_opt_in_fails_naming_the_field(spec, field, secret):
+    with pytest.raises(TaskConfigError) as err:
+        worker_env(CLOUD_RECORDING, body(**spec), opted_out(secret))
+    assert str(err.value) == f'{field}: Secret ns/{secret} not found or not labelled capstan.dev/use: "true"'
+
+
+def test_optional_keys_may_be_missing_from_an_opted_in_secret():
+    spec = {"room": {"backend": "janus", "url": "http://j/janus", "sdkAppId": 1, "roomId": 1,
+                     "credentialsSecretRef": {"name": "pin"}},
+            "callback": {"url": "https://h.example/", "signingKeySecretRef": {"name": "later", "key": "k"}}}
+    env = env_map(worker_env(CLOUD_RECORDING, body(**spec), read))  # neither Secret has the key (yet)
+    assert env["ROOM_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "pin", "key": "roomPin", "optional": True}

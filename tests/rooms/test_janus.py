@@ -23,7 +23,8 @@ from capstan.rooms.base import (
     TrackUnpublished,
 )
 from capstan.rooms.janus import JanusBackend, JanusConnection, JanusConnectionLost, RoomNotFound
-from capstan.rooms.synthetic import SyntheticAnchor
+from devstack.anchors import SyntheticAnchor
+from devstack.rooms import RoomServer
 
 from .conftest import JanusEnv
 
@@ -44,7 +45,8 @@ def run(coro: Awaitable[T]) -> T:
 
 def anchor(env: JanusEnv, room: str, who: tuple[str, tuple[int, int, int], float], **kw: Any) -> SyntheticAnchor:
     user, color, tone = who
-    return SyntheticAnchor(env.url, room, user, color=color, tone_hz=tone, host_address=env.host_address, **kw)
+    server = RoomServer("janus", env.url, {"adminKey": env.admin_key, "roomPin": ""}, host_address=env.host_address)
+    return SyntheticAnchor(server, room, user, color=color, tone_hz=tone, **kw)
 
 
 async def next_events(events: AsyncIterator[RoomEvent], want: Callable[[list[RoomEvent]], bool],

@@ -1,10 +1,13 @@
-"""Single-stream CloudRecording of a real room, end to end: real API server and operator, the pod
-runner, a real Janus VideoRoom with synthetic anchors (a colour and a tone each), real MinIO, and a
-callback receiver that checks every signature. Assertions are on the media in the bucket."""
+"""Single-stream CloudRecording of a real room, end to end, on each room backend (LiveKit and Janus):
+real API server and operator, the pod runner, a real room with synthetic anchors (a colour and a
+tone each), real MinIO, and a callback receiver that checks every signature. Assertions are on the
+media in the bucket."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import signal
 import time
 import uuid
@@ -17,9 +20,8 @@ from kubernetes import client
 
 from capstan.api import GROUP, VERSION
 from capstan.media import naming, playlist
-from capstan.rooms.janus import JanusBackend
-from capstan.rooms.synthetic import SyntheticAnchor
 from devstack import podrunner
+from devstack.anchors import SyntheticAnchor
 from devstack.harness import BackgroundLoop
 from tests.conftest import wait_for
 from tests.operator.test_callbacks_stack import KEY, Receiver
@@ -29,44 +31,51 @@ pytestmark = [pytest.mark.stack, pytest.mark.timeout(300)]
 
 SDKAPPID = 1400000000
 ANCHORS = {"alice": ((220, 40, 40), 440.0), "bob": ((40, 200, 60), 660.0), "carol": ((40, 60, 220), 1000.0)}
+LIVEKIT_ONLY = pytest.mark.parametrize("room_server", ["livekit"], indirect=True)
+MORE_ANCHORS = {"dave": ((200, 200, 40), 1320.0), "erin": ((200, 40, 200), 1760.0)}
 
 
 class Room:
-    def __init__(self, stack: Any, loop: BackgroundLoop) -> None:
-        self.stack, self.loop = stack, loop
+    """A room on one of the stack's room servers, with the anchors of ANCHORS joining and leaving."""
+
+    def __init__(self, server: Any, loop: BackgroundLoop) -> None:
+        self.server, self.loop = server, loop
         self.name = f"rec-{uuid.uuid4().hex[:8]}"
-        self.admin = JanusBackend(stack.janus_url, host_address=stack.room_host_address)
+        self.control = server.control()
         self.anchors: dict[str, SyntheticAnchor] = {}
         self.started: dict[str, float] = {}
         self.stopped: dict[str, float] = {}
-        loop.run(self.admin.create_room(self.name, stack.janus_admin_key))
+        loop.run(self.control.create_room(self.name))
 
-    def start(self, user: str) -> None:
-        color, tone = ANCHORS[user]
-        anchor = SyntheticAnchor(self.stack.janus_url, self.name, user, color=color, tone_hz=tone,
-                                 host_address=self.stack.room_host_address)
+    def start(self, user: str, **kw: Any) -> SyntheticAnchor:
+        color, tone = ANCHORS.get(user) or MORE_ANCHORS[user]
+        anchor = SyntheticAnchor(self.server, self.name, user, color=color, tone_hz=tone, **kw)
         self.loop.run(anchor.start())
         self.anchors[user], self.started[user] = anchor, time.time()
+        return anchor
 
     def stop(self, user: str) -> None:
         self.loop.run(self.anchors.pop(user).stop())
         self.stopped[user] = time.time()
 
     def kick(self, user: str) -> None:
-        self.loop.run(self.admin.kick(self.name, user, self.stack.janus_admin_key))
+        self.loop.run(self.control.remove_participant(self.name, user))
 
     def destroy(self) -> None:
-        self.loop.run(self.admin.destroy_room(self.name, self.stack.janus_admin_key))
+        self.loop.run(self.control.close_room(self.name))
 
     def close(self) -> None:
         for user in list(self.anchors):
             self.stop(user)
+        with contextlib.suppress(Exception):
+            self.destroy()
+        self.loop.run(self.control.aclose())
 
 
 @pytest.fixture
-def room(janus, kube_api):
+def room(room_server, kube_api):
     loop = BackgroundLoop()
-    r = Room(janus, loop)
+    r = Room(room_server, loop)
     yield r
     r.close()
     loop.close()
@@ -80,31 +89,32 @@ def receiver():
 
 
 @pytest.fixture
-def recorder_operator(operator_factory, janus):
-    return operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media",
-                            CAPSTAN_WORKER_ENV_ROOM_HOST_ADDRESS=janus.room_host_address)
+def recorder_operator(operator_factory, room_server):
+    return operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media", **room_server.worker_env())
+
+
+USE = {"labels": {"capstan.dev/use": "true"}}  # Secrets opt in to being used by tasks
 
 
 @pytest.fixture
-def tasks(kube_api, namespace, janus):
+def tasks(kube_api, namespace, stack, room_server):
     core = client.CoreV1Api(kube_api)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "storage"}, "stringData": {
-        "accessKey": janus.s3_access_key, "secretKey": janus.s3_secret_key}}, _request_timeout=30)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "janus-room"}, "stringData": {}},
-                                  _request_timeout=30)
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "callback-key"},
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "storage", **USE}, "stringData": {
+        "accessKey": stack.s3_access_key, "secretKey": stack.s3_secret_key}}, _request_timeout=30)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "room-credentials", **USE},
+                                              "stringData": room_server.secret_data()}, _request_timeout=30)
+    core.create_namespaced_secret(namespace, {"metadata": {"name": "callback-key", **USE},
                                               "stringData": {"key": KEY}}, _request_timeout=30)
     return Tasks(kube_api, namespace)
 
 
 def recording(name: str, room: Room, bucket: str, receiver: Receiver | None = None, **spec: Any) -> dict:
     body: dict[str, Any] = {
-        "room": {"backend": "janus", "url": room.stack.janus_url, "sdkAppId": SDKAPPID, "strRoomId": room.name,
-                 "credentialsSecretRef": {"name": "janus-room"}},
+        "room": room.server.room_spec(room.name, SDKAPPID),
         "recorderUserId": "robot",
         "video": {"width": 320, "height": 180, "fps": 15, "bitrate": 300000, "gop": 2},
         "output": {"formats": ["hls", "mp4"], "prefix": "rec", "segmentSeconds": 2},
-        "storage": {"endpoint": room.stack.s3_endpoint, "bucket": bucket, "secure": False,
+        "storage": {"endpoint": os.environ["S3_ENDPOINT"], "bucket": bucket, "secure": False,
                     "credentialsSecretRef": {"name": "storage"}},
         "maxIdleTime": 30,
     }
@@ -317,3 +327,91 @@ def test_audio_only_recording_gives_one_mp3_per_anchor(recorder_operator, tasks,
         assert seconds > 4
         assert abs(dominant_hz(np.concatenate(samples)[-48000:]) - ANCHORS[user][1]) < 15
     assert {f["fileName"].rsplit("/", 1)[-1] for f in st["files"]} >= {k for k in mp3s}
+
+
+@LIVEKIT_ONLY  # Janus refuses a second participant with the same id instead of replacing the first
+def test_the_recorder_identity_joining_twice_ends_with_leave_code_101(recorder_operator, tasks, room, s3, bucket,
+                                                                    receiver, room_server):
+    """LiveKit lets a second participant with the robot's identity in and removes the recorder."""
+    from capstan.rooms.base import Role
+
+    room.start("alice")
+    tasks.create(recording("dup", room, bucket, receiver,
+                           output={"formats": ["hls"], "prefix": "rec", "segmentSeconds": 2}))
+    st = tasks.wait_phase("dup", "recording", timeout=60)
+    time.sleep(3)
+    token = room_server.token(room.name, "robot", Role.recorder)
+    intruder = room.loop.run(room_server.connector().join(room_server.url, room.name, "robot", token))
+    try:
+        st = tasks.wait_phase("dup", "finished", timeout=120)
+    finally:
+        room.loop.run(intruder.leave())
+    wait_for(lambda: 302 in receiver.types(), 30, what="302 delivered")
+    leave = next(b for b in receiver.bodies if b["EventType"] == 302)
+    assert leave["EventInfo"]["Payload"]["LeaveCode"] == 101
+    stored = objects(s3, bucket, st["taskId"])
+    audio = naming.single_playlist_name(SDKAPPID, room.name, "alice", "main", "audio")
+    assert audio in stored and "#EXT-X-ENDLIST" in stored[audio].decode()
+
+
+@LIVEKIT_ONLY  # the Janus anchors cannot start a screen share mid-session (no renegotiation)
+def test_five_anchors_coming_and_going_with_a_screen_share(recorder_operator, tasks, room, s3, bucket, room_server):
+    """Every anchor's files exist, main and aux apart, each covering the time that anchor published."""
+    room.start("alice")
+    room.start("bob")
+    tasks.create(recording("five", room, bucket, output={"formats": ["hls"], "prefix": "rec", "segmentSeconds": 2}))
+    st = tasks.wait_phase("five", "recording", timeout=60)
+    time.sleep(3)
+    room.start("carol")
+    room.start("dave")
+    time.sleep(3)
+    share_started = time.time()
+    room.loop.run(room.anchors["alice"].share_screen((250, 250, 250)))
+    room.stop("bob")
+    time.sleep(3)
+    room.start("erin")
+    time.sleep(3)
+    room.loop.run(room.anchors["alice"].stop_screen_share())
+    share_stopped = time.time()
+    room.stop("dave")
+    time.sleep(3)
+    tasks.patch_spec("five", {"stop": True})
+    stop_requested = time.time()
+    st = tasks.wait_phase("five", "finished", timeout=180)
+    stored = objects(s3, bucket, st["taskId"])
+
+    def covered(user: str, media: str, track: str) -> tuple[float, float]:
+        name = naming.single_playlist_name(SDKAPPID, room.name, user, media, track)
+        assert name in stored, f"{name} missing; stored: {sorted(k for k in stored if k.endswith('.m3u8'))}"
+        text = stored[name].decode()
+        begin = playlist.parse(text).start_rec_time_ms / 1000
+        return begin, begin + playlist_seconds(text)
+
+    for user in ("alice", "bob", "carol", "dave", "erin"):
+        for track in ("audio", "video"):
+            begin, end = covered(user, "main", track)
+            published_from = room.started[user]
+            published_until = room.stopped.get(user, stop_requested)
+            # the recorder sees an anchor a little after it starts publishing and stops at its leave
+            assert published_from - 0.5 <= begin <= max(published_from, st_begin(st)) + 2.5, (user, track, begin)
+            assert abs(end - published_until) < 0.5 or (user not in room.stopped and end <= published_until + 1.0), (
+                user, track, end, published_until)
+    begin, end = covered("alice", "aux", "video")
+    assert share_started - 0.5 <= begin <= share_started + 2.5
+    assert abs(end - share_stopped) < 0.5, (end, share_stopped)
+    aux_mp = stored[naming.single_playlist_name(SDKAPPID, room.name, "alice", "aux", "video")].decode()
+    first_aux = playlist.parse(aux_mp).entries[0].uri
+    pictures, _ = decode(stored[first_aux], "video")
+    assert np.abs(pictures[-1].reshape(-1, 3).mean(axis=0) - 250).max() < 20, "aux is not the screen share"
+    main_first = playlist.parse(stored[naming.single_playlist_name(
+        SDKAPPID, room.name, "alice", "main", "video")].decode()).entries[-1].uri
+    pictures, _ = decode(stored[main_first], "video")
+    assert np.abs(pictures[-1].reshape(-1, 3).mean(axis=0) - np.array(ANCHORS["alice"][0])).max() < 30
+
+
+def st_begin(st: dict) -> float:
+    """When the task started recording (the anchors present at its start are seen from then)."""
+    from datetime import datetime
+
+    start = st.get("startTime")
+    return datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp() if start else 0.0

@@ -1,0 +1,141 @@
+"""What the operator will sign and announce from a worker's outbox (`status.events`).
+
+A worker decodes untrusted media, so it is treated as possibly compromised: it may write any
+status it likes (status is one subresource), but the operator signs an event with the tenant's
+callback key only when the event is a type the task's kind emits and its payload has exactly the
+seed's shape (seed 002 for 301–312, the single-stream function's result body for type 0), with
+the task's own identity in it. Anything else is refused, never signed. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from capstan.api import KindInfo
+from capstan.api.common import TaskEvent
+from capstan.media import naming
+
+RESULT_EVENT = 0
+Text = Annotated[str, Field(max_length=1024)]
+Status012 = Literal[0, 1, 2]
+TrackTypeValue = Literal["audio", "video", "audio_video"]
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class StatusPayload(_Payload):  # 301, 303, 305, 306, 312
+    Status: Status012
+
+
+class RecorderStop(_Payload):  # 302
+    LeaveCode: Literal[0, 1, 2, 3, 4, 99, 100, 101]
+
+
+class FileInfo(_Payload):  # 304
+    FileList: Text
+
+
+class FileSlice(_Payload):  # 307
+    FileName: Text
+    UserId: Text
+    TrackType: TrackTypeValue
+    BeginTimeStamp: int
+
+
+class UploadError(_Payload):  # 308
+    Code: Text
+    Message: Text
+
+
+class ImageDownloadError(_Payload):  # 309
+    Url: Text
+
+
+class Mp4Stop(_Payload):  # 310
+    Status: Status012
+    FileList: list[Text] = Field(max_length=10000)
+
+
+class TencentVod(_Payload):
+    UserId: Text | None = None
+    TrackType: TrackTypeValue | None = None
+    MediaId: Literal["main", "aux"] | None = None
+    FileId: Text | None = None
+    VideoUrl: Text | None = None
+    CacheFile: Text | None = None
+
+
+class VodCommit(_Payload):  # 311
+    Status: Status012
+    Errmsg: Text | None = None
+    TencentVod: TencentVod
+
+
+class ResultFile(_Payload):
+    UserId: Text | None
+    RecordFile: Text
+    Status: Literal[0, 1]
+    Message: Text
+
+
+class RecordingResult(_Payload):  # 0: the single-stream function's result body (seeds 000/001)
+    SdkAppId: Text
+    RoomId: Text
+    StrRoomId: Text
+    UserId: Text
+    TaskId: Text
+    Files: list[ResultFile] = Field(max_length=10000)
+
+
+SHAPES: dict[str, dict[int, type[_Payload]]] = {
+    "cloudrecordings": {301: StatusPayload, 302: RecorderStop, 303: StatusPayload, 304: FileInfo,
+                        305: StatusPayload, 306: StatusPayload, 307: FileSlice, 308: UploadError,
+                        309: ImageDownloadError, 310: Mp4Stop, 311: VodCommit, 312: StatusPayload,
+                        RESULT_EVENT: RecordingResult},
+    # The pusher and the web recorder emit nothing yet; add their result shapes here when they do.
+    "streampushes": {},
+    "webrecordings": {},
+}
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "payload"
+    return f"{where}: {err['msg']}"
+
+
+def _result_identity(spec: dict[str, Any], status: dict[str, Any], result: RecordingResult) -> str | None:
+    """A result body must speak of this task and only name files under this task's prefix."""
+    room = spec.get("room") or {}
+    expected = {"SdkAppId": str(room.get("sdkAppId", "")), "RoomId": str(room.get("roomId") or ""),
+                "StrRoomId": room.get("strRoomId") or "", "UserId": spec.get("recorderUserId", ""),
+                "TaskId": status.get("taskId", "")}
+    for field, value in expected.items():
+        if getattr(result, field) != value:
+            return f"{field} is not this task's"
+    prefix = naming.object_key("", prefix=(spec.get("output") or {}).get("prefix"), task_id=status.get("taskId"))
+    for f in result.Files:
+        if not f.RecordFile.startswith(prefix) or ".." in f.RecordFile.split("/"):
+            return f"Files: {f.RecordFile!r} is not under the task's prefix {prefix!r}"
+    return None
+
+
+def refusal(info: KindInfo, spec: dict[str, Any], status: dict[str, Any], event: TaskEvent) -> str | None:
+    """Why `event` may not be signed or announced, or None when it is well-formed."""
+    shapes = SHAPES.get(info.plural, {})
+    shape = shapes.get(event.type)
+    if shape is None:
+        return f"event type {event.type} is not one a {info.kind} emits"
+    try:
+        payload = shape.model_validate(event.payload)
+    except ValidationError as exc:
+        return f"event type {event.type} payload does not have the expected shape ({_first_error(exc)})"
+    if isinstance(payload, RecordingResult):
+        why = _result_identity(spec, status, payload)
+        if why:
+            return f"event type {event.type} result body refused: {why}"
+    return None

@@ -1,0 +1,128 @@
+"""The room port on each real room server of the stack (LiveKit and Janus): a hidden recorder sees
+tracks already published first, gets each anchor's colour and tone from the right track, tells
+main from aux, and learns why it left (removed, room closed, replaced by the same identity)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import pytest
+
+from capstan.rooms.base import LeaveReason, Left, MediaId, Role, TrackKind, TrackPublished, TrackUnpublished
+from devstack.anchors import SyntheticAnchor
+
+from .test_janus import dominant_hz, frames, mean_rgb, next_events, published, track_of
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(90)]
+
+T = TypeVar("T")
+
+
+def run(coro: Awaitable[T], timeout: float = 60) -> T:
+    async def main() -> T:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(main())
+
+
+async def room_of(server: Any) -> tuple[str, Any]:
+    name = f"port-{uuid.uuid4().hex[:8]}"
+    control = server.control()
+    assert await control.create_room(name)
+    assert not await control.create_room(name)  # already there
+    return name, control
+
+
+async def join(server: Any, room: str, identity: str = "recorder") -> Any:
+    token = server.token(room, identity, Role.recorder)
+    return await server.connector().join(server.url, room, identity, token)
+
+
+def test_colour_tone_main_and_aux_reach_a_hidden_recorder(room_server: Any) -> None:
+    async def scenario() -> None:
+        room, control = await room_of(room_server)
+        alice = await SyntheticAnchor(room_server, room, "alice", color=(220, 40, 40), tone_hz=440.0,
+                                      aux_color=(40, 200, 60)).start()
+        try:
+            await asyncio.sleep(1.0)
+            conn = await join(room_server, room)
+            events = conn.events().__aiter__()
+            seen = await next_events(events, lambda s: len(published(s)) >= 3)  # already published: first
+            assert published(seen) == {("alice", MediaId.MAIN, TrackKind.VIDEO), ("alice", MediaId.MAIN,
+                                       TrackKind.AUDIO), ("alice", MediaId.AUX, TrackKind.VIDEO)}
+            main = next(e.track for e in seen if isinstance(e, TrackPublished)
+                        and e.track.media_id is MediaId.MAIN and e.track.kind is TrackKind.VIDEO)
+            aux = next(e.track for e in seen if isinstance(e, TrackPublished) and e.track.media_id is MediaId.AUX)
+            audio = track_of(seen, "alice", TrackKind.AUDIO)
+            video_frames, aux_frames, audio_frames = await asyncio.gather(
+                frames(conn.subscribe(main), 20, timeout=20), frames(conn.subscribe(aux), 20, timeout=20),
+                frames(conn.subscribe(audio), 150, timeout=20))
+            assert abs(mean_rgb(video_frames[-1]) - (220, 40, 40)).max() < 12
+            assert abs(mean_rgb(aux_frames[-1]) - (40, 200, 60)).max() < 12
+            assert abs(dominant_hz(audio_frames[-100:]) - 440.0) < 5
+            # capture times: wall clock, increasing, close to now
+            times = [t.time for t in video_frames]
+            assert times == sorted(times) and abs(times[-1] - time.time()) < 2.0
+            if room_server.name == "livekit":  # hidden: the anchors do not see the recorder
+                assert "recorder" not in {p.identity for p in alice.publisher.room.remote_participants.values()}
+            await conn.unsubscribe(main)
+            await alice.stop()
+            gone = await next_events(events, lambda s: sum(isinstance(e, TrackUnpublished) for e in s) >= 3)
+            assert {e.track.track_id for e in gone if isinstance(e, TrackUnpublished)} == {
+                main.track_id, aux.track_id, audio.track_id}
+            await conn.leave()
+        finally:
+            await alice.stop()
+            await control.close_room(room)
+            await control.aclose()
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("how", ["remove", "close"])
+def test_removed_and_room_closed_are_told_apart(room_server: Any, how: str) -> None:
+    async def scenario() -> None:
+        room, control = await room_of(room_server)
+        try:
+            conn = await join(room_server, room)
+            await asyncio.sleep(0.5)
+            if how == "remove":
+                await control.remove_participant(room, "recorder")
+            else:
+                await control.close_room(room)
+            seen = await next_events(conn.events().__aiter__(), lambda s: any(isinstance(e, Left) for e in s))
+            expected = LeaveReason.removed if how == "remove" else LeaveReason.room_closed
+            assert seen[-1] == Left(expected)
+        finally:
+            if how == "remove":
+                await control.close_room(room)
+            await control.aclose()
+
+    run(scenario())
+
+
+def test_the_same_identity_joining_again_replaces_the_recorder(livekit: Any) -> None:
+    """LiveKit lets the newcomer in and tells the first one DUPLICATE_IDENTITY (TRTC LeaveCode 101).
+    (Janus refuses the newcomer instead, so a recorder there is never replaced.)"""
+    from devstack.rooms import RoomServer
+
+    server = RoomServer.from_stack("livekit", livekit)
+
+    async def scenario() -> None:
+        room, control = await room_of(server)
+        try:
+            first = await join(server, room)
+            await asyncio.sleep(0.5)
+            second = await join(server, room)
+            seen = await next_events(first.events().__aiter__(), lambda s: any(isinstance(e, Left) for e in s))
+            assert seen[-1] == Left(LeaveReason.replaced)
+            await second.leave()
+        finally:
+            await control.close_room(room)
+            await control.aclose()
+
+    run(scenario())
