@@ -140,19 +140,18 @@ def record(video: Path, audio: Path, out: Path) -> None:
     """The capstan side, run in the measured child: raw files -> frames -> two HlsTrackWriters."""
     import av
 
-    from capstan.api.cloudrecording import AudioSpec, VideoSpec
-    from capstan.recorder.hls import HlsTrackWriter, StreamNames
+    from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
+    from capstan.recorder.hls import HlsOutput, HlsTrackWriter, StreamNames
 
     def names(track: str) -> StreamNames:
         return StreamNames.single(1400000001, 1234, "alice", "main", track)
 
     writers = {
-        "video": HlsTrackWriter(names("video"), out / "video", None,
-                                VideoSpec(width=WIDTH, height=HEIGHT, fps=FPS, bitrate=VIDEO_BITRATE, gop=GOP_SECONDS),
-                                segment_seconds=SEGMENT_SECONDS, preset=X264_PRESET),
-        "audio": HlsTrackWriter(names("audio"), out / "audio", None,
-                                AudioSpec(sampleRate=AUDIO_RATE, channels=AUDIO_CHANNELS, bitrate=AUDIO_BITRATE),
-                                segment_seconds=SEGMENT_SECONDS),
+        "video": HlsTrackWriter(names("video"), HlsOutput(out / "video", segment_seconds=SEGMENT_SECONDS),
+                                VideoEncoding(bitrate=VIDEO_BITRATE, gop_seconds=GOP_SECONDS, max_fps=FPS,
+                                              preset=X264_PRESET)),
+        "audio": HlsTrackWriter(names("audio"), HlsOutput(out / "audio", segment_seconds=SEGMENT_SECONDS),
+                                AudioEncoding(AUDIO_RATE, AUDIO_CHANNELS, AUDIO_BITRATE)),
     }
     picture_bytes = WIDTH * HEIGHT * 3 // 2
     chunk_bytes = AUDIO_CHUNK * 2 * AUDIO_CHANNELS

@@ -8,12 +8,18 @@ Single-stream::
     <prefix>/<taskid>/<sdkappid>_<roomid>__UserId_s_<userid>__UserId_e_<mediaid>_<type>.m3u8
     <prefix>/<taskid>/<sdkappid>_<roomid>__UserId_s_<userid>__UserId_e_<mediaid>_<type>_<utc>.ts
     <prefix>/<taskid>/<sdkappid>_<roomid>__UserId_s_<userid>__UserId_e_<mediaid>_<index>.mp4
+    <prefix>/<taskid>/<sdkappid>_<roomid>__UserId_s_<userid>__UserId_e_main_audio.mp3
 
 Mixed::
 
     <prefix>/<taskid>/<sdkappid>_<roomid>.m3u8
     <prefix>/<taskid>/<sdkappid>_<roomid>_<utc>.ts
     <prefix>/<taskid>/<sdkappid>_<roomid>_<index>.mp4
+    <prefix>/<taskid>/<sdkappid>_<roomid>.mp3
+
+The MP3 (the single-stream function's mode 00, which the seed names only as "MP3 format") is
+named like the audio playlist it is made from, with ``.mp3``: one file per user, never cut, never
+``ha``-prefixed (it joins every attempt, like the MP4s).
 
 Files recovered after a failover carry ``ha1_`` .. ``ha3_`` before the file name.
 """
@@ -49,6 +55,7 @@ class FileKind(StrEnum):
     PLAYLIST = "m3u8"
     SEGMENT = "ts"
     MP4 = "mp4"
+    MP3 = "mp3"
 
 
 # --- identifiers -----------------------------------------------------------------------------
@@ -156,6 +163,15 @@ def single_mp4_name(
     return f"{_single_stem(sdkappid, room_id, user_id, media_id)}_{index}.mp4"
 
 
+def single_mp3_name(sdkappid: int, room_id: int | str, user_id: str) -> str:
+    """A user's audio as one MP3: the main audio playlist's name with ``.mp3``."""
+    return f"{_single_stem(sdkappid, room_id, user_id, MediaId.MAIN)}_{TrackType.AUDIO}.mp3"
+
+
+def mixed_mp3_name(sdkappid: int, room_id: int | str) -> str:
+    return f"{_room_stem(sdkappid, room_id)}.mp3"
+
+
 def mixed_playlist_name(sdkappid: int, room_id: int | str, *, ha: int = 0) -> str:
     return f"{_ha(ha)}{_room_stem(sdkappid, room_id)}.m3u8"
 
@@ -182,11 +198,11 @@ _ID = r"[A-Za-z0-9+\-.]+"
 _SINGLE = re.compile(
     rf"^(?:ha(?P<ha>[1-3])_)?(?P<sdkappid>\d+)_(?P<room>{_ID}){USER_START}(?P<user>{_ID}){USER_END}"
     r"(?P<media>main|aux)"
-    r"(?:_(?P<type>audio|video)(?:_(?P<utc>\d{17}))?\.(?P<ext>m3u8|ts)|_(?P<index>\d+)\.(?P<mp4>mp4))$"
+    r"(?:_(?P<type>audio|video)(?:_(?P<utc>\d{17}))?\.(?P<ext>m3u8|ts|mp3)|_(?P<index>\d+)\.(?P<mp4>mp4))$"
 )
 _MIXED = re.compile(
     rf"^(?:ha(?P<ha>[1-3])_)?(?P<sdkappid>\d+)_(?P<room>{_ID})"
-    r"(?:\.(?P<m3u8>m3u8)|_(?P<utc>\d{17})\.(?P<ts>ts)|_(?P<index>\d+)\.(?P<mp4>mp4))$"
+    r"(?:\.(?P<m3u8>m3u8)|\.(?P<mp3>mp3)|_(?P<utc>\d{17})\.(?P<ts>ts)|_(?P<index>\d+)\.(?P<mp4>mp4))$"
 )
 
 
@@ -234,6 +250,10 @@ def _parsed_single(match: re.Match[str]) -> RecordingName:
         kind = FileKind.SEGMENT
         if not match["utc"]:
             raise ValueError("a segment name needs a <utc> timestamp")
+    elif match["ext"] == "mp3":
+        kind = FileKind.MP3
+        if match["ha"] or match["utc"] or match["type"] != TrackType.AUDIO or match["media"] != MediaId.MAIN:
+            raise ValueError("an MP3 name is <stem>__UserId_e_main_audio.mp3, without ha or <utc>")
     else:
         kind = FileKind.PLAYLIST
         if match["utc"]:
@@ -253,10 +273,10 @@ def _parsed_single(match: re.Match[str]) -> RecordingName:
 
 
 def _parsed_mixed(match: re.Match[str]) -> RecordingName:
-    if match["mp4"]:
-        kind = FileKind.MP4
+    if match["mp4"] or match["mp3"]:
+        kind = FileKind.MP4 if match["mp4"] else FileKind.MP3
         if match["ha"]:
-            raise ValueError("MP4 files never carry an ha prefix")
+            raise ValueError(f"{kind.value.upper()} files never carry an ha prefix")
     else:
         kind = FileKind.SEGMENT if match["ts"] else FileKind.PLAYLIST
     return RecordingName(

@@ -42,7 +42,7 @@ def discover(directory: str | os.PathLike[str]) -> Discovery:
         except ValueError:
             found.ignored.append(str(path))
             continue
-        if not name.single_stream or name.kind is FileKind.MP4:
+        if not name.single_stream or name.kind in (FileKind.MP4, FileKind.MP3):
             found.ignored.append(str(path))
         elif name.kind is FileKind.SEGMENT:
             found.segments.append(FoundSegment(str(path), name))

@@ -1,11 +1,11 @@
 """Probe TS segments and encode an :class:`OutputPlan` into an MP4 with PyAV.
 
-Sync rule: every decoded video frame and audio run is placed by wall clock
-(segment ``<utc>`` + media timestamp offset) and mapped onto the output timeline, never by
-counting what came before. Video is resampled to constant frame rate (repeat the latest frame,
-black where nothing covers the time); audio is a sample-exact stream (silence where nothing
-covers the time, overlaps dropped). Errors therefore cannot accumulate across segments, gaps
-or sections.
+Sync rule: every decoded video frame and audio run is placed by wall clock (the shared
+timeline: segment ``<utc>`` + media timestamp offset, :mod:`capstan.media.timeline`) and mapped
+onto the output timeline, never by counting what came before. Video is resampled to constant
+frame rate (repeat the latest frame, black where nothing covers the time); audio goes through
+the shared framer (silence where nothing covers the time, overlaps dropped). Errors therefore
+cannot accumulate across segments, gaps or sections.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
 
 from capstan.media.naming import TrackType
+from capstan.media.pipeline.encoding import AudioEncoding
+from capstan.media.pipeline.files import EncodedAudio
+from capstan.media.pipeline.processing import AudioConverter, Scale
+from capstan.media.pipeline.sources import SegmentSource
 from capstan.merge.plan import OutputPlan, Segment, Span
 
-AUDIO_RATE = 48000
-AUDIO_LAYOUT = "stereo"
-AUDIO_CHANNELS = 2
-AAC_FRAME = 1024
-# Timestamp jitter below this is absorbed; beyond it, audio is re-anchored to the wall clock.
-AUDIO_JITTER_SECONDS = 0.005
+# The merged MP4's sound: AAC stereo 48 kHz (the sample clock, silence and overlaps: media.audio).
+AUDIO = AudioEncoding(sample_rate=48000, channels=2, bitrate=128_000)
 # A segment's last picture stays on screen this long past the segment's end (bridges tiny holes).
 VIDEO_HOLD_SECONDS = 0.5
 OPEN_TIMEOUT_SECONDS = 30.0
@@ -140,34 +141,8 @@ def _interleave(steps: list[Iterator[float]], total: float, on_progress: OnProgr
             on_progress(min(min((clocks[i] for i in live), default=total), total))
 
 
-def _decoded(segment: Segment, kind: str, on_damaged: OnDamaged) -> Iterator[av.VideoFrame | av.AudioFrame]:
-    """Frames of one segment; a decoding error reports the segment and ends it there."""
-    try:
-        with av.open(segment.path, timeout=OPEN_TIMEOUT_SECONDS) as container:
-            streams = container.streams.video if kind == "video" else container.streams.audio
-            if not streams:
-                raise DamagedSegment(f"no {kind} stream")
-            if isinstance(streams[0], av.VideoStream):
-                streams[0].thread_type = "AUTO"
-            for frame in container.decode(streams[0]):
-                if isinstance(frame, av.VideoFrame | av.AudioFrame) and frame.pts is not None:
-                    yield frame
-    except (av.FFmpegError, DamagedSegment) as exc:
-        on_damaged(segment, str(exc))
-
-
-def _video_frames(segment: Segment, on_damaged: OnDamaged) -> Iterator[av.VideoFrame]:
-    return (f for f in _decoded(segment, "video", on_damaged) if isinstance(f, av.VideoFrame))
-
-
-def _audio_frames(segment: Segment, on_damaged: OnDamaged) -> Iterator[av.AudioFrame]:
-    return (f for f in _decoded(segment, "audio", on_damaged) if isinstance(f, av.AudioFrame))
-
-
-def _wall(segment: Segment, frame: av.VideoFrame | av.AudioFrame) -> float:
-    media_time = frame.time
-    assert media_time is not None  # frames without pts never get here
-    return segment.start + (media_time - segment.media_start)
+def _segments_in_order(span: Span, kind: str) -> list[Segment]:
+    return sorted(span.section.video if kind == "video" else span.section.audio, key=lambda s: s.sort_key)
 
 
 def _video_steps(
@@ -186,6 +161,7 @@ def _video_steps(
     black = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24").reformat(
         format="yuv420p"
     )
+    scale = Scale((width, height))
     index = 0
     shown, shown_at, shown_until = None, float("-inf"), float("-inf")
 
@@ -199,117 +175,35 @@ def _video_steps(
             index += 1
             yield index / fps
 
-    for span, segment in _segments_in_order(plan.spans, "video"):
-        hold_until = span.to_output(segment.end) + VIDEO_HOLD_SECONDS
-        for frame in _video_frames(segment, on_damaged):
-            t_out = span.to_output(_wall(segment, frame))
+    for span in plan.spans:
+        source = SegmentSource(_segments_in_order(span, "video"), "video", on_damaged=_damaged(on_damaged))
+        for wall, frame, segment in source.frames():
+            assert isinstance(frame, av.VideoFrame)
+            t_out = span.to_output(wall)
             if t_out < shown_at:  # overlapping (e.g. recovered) segment: never step back in time
                 continue
             yield from emit_until(t_out)
             if index >= total_frames:
                 break
-            shown = frame.reformat(width=width, height=height, format="yuv420p")
+            shown = scale(frame)
+            assert isinstance(segment, Segment)
+            hold_until = span.to_output(segment.start + segment.duration) + VIDEO_HOLD_SECONDS
             shown_at, shown_until = t_out, min(hold_until, span.out_end)
     yield from emit_until(float("inf"))
     container.mux(stream.encode(None))
 
 
-def _segments_in_order(spans: list[Span], kind: str) -> Iterator[tuple[Span, Segment]]:
-    for span in spans:
-        segments = span.section.video if kind == "video" else span.section.audio
-        for segment in sorted(segments, key=lambda s: s.sort_key):
-            yield span, segment
-
-
 def _audio_steps(
     container: av.container.OutputContainer, plan: OutputPlan, on_damaged: OnDamaged
 ) -> Iterator[float]:
-    stream = container.add_stream("aac", rate=AUDIO_RATE)
-    stream.layout = AUDIO_LAYOUT
-    stream.bit_rate = 128_000
-    sink = _AudioSink(container, stream, round(plan.duration * AUDIO_RATE))
-    for span, segment in _segments_in_order(plan.spans, "audio"):
-        for anchor, samples in _audio_runs(segment, on_damaged):
-            position = round(span.to_output(anchor) * AUDIO_RATE)
-            yield from sink.place(position, samples)
-    yield from sink.finish()
+    track = EncodedAudio(container, AUDIO, total=round(plan.duration * AUDIO.sample_rate))
+    convert = AudioConverter(AUDIO.sample_rate, AUDIO.layout)
+    for span in plan.spans:
+        source = SegmentSource(_segments_in_order(span, "audio"), "audio", on_damaged=_damaged(on_damaged))
+        for wall, samples in source.audio_runs(convert):
+            yield from track.place(span.to_output(wall), samples)
+    yield from track.finish()
 
 
-def _audio_runs(segment: Segment, on_damaged: OnDamaged) -> Iterator[tuple[float, np.ndarray]]:
-    """Split a segment at timestamp holes; each run is resampled to the output format whole."""
-    run: list[av.AudioFrame] = []
-    expected = None
-    for frame in _audio_frames(segment, on_damaged):
-        wall = _wall(segment, frame)
-        if run and expected is not None and abs(wall - expected) > AUDIO_JITTER_SECONDS:
-            yield _resampled(segment, run)
-            run = []
-        run.append(frame)
-        expected = wall + frame.samples / frame.sample_rate
-    if run:
-        yield _resampled(segment, run)
-
-
-def _resampled(segment: Segment, frames: list[av.AudioFrame]) -> tuple[float, np.ndarray]:
-    resampler = av.AudioResampler(format="fltp", layout=AUDIO_LAYOUT, rate=AUDIO_RATE)
-    chunks = []
-    for frame in [*frames, None]:
-        for out in resampler.resample(frame):
-            chunks.append(out.to_ndarray())
-    samples = np.concatenate(chunks, axis=1) if chunks else np.zeros((AUDIO_CHANNELS, 0), np.float32)
-    return _wall(segment, frames[0]), samples.astype(np.float32, copy=False)
-
-
-class _AudioSink:
-    """Sample-exact output audio: silence fills holes, overlaps are dropped, AAC-sized frames out."""
-
-    def __init__(self, container: av.container.OutputContainer, stream: av.AudioStream, total: int) -> None:
-        self.container, self.stream, self.total = container, stream, total
-        self.written = 0  # samples handed to the encoder, silence included
-        self.pending = np.zeros((AUDIO_CHANNELS, 0), np.float32)
-
-    def place(self, position: int, samples: np.ndarray) -> Iterator[float]:
-        tolerance = round(AUDIO_JITTER_SECONDS * AUDIO_RATE)
-        cursor = self.written + self.pending.shape[1]
-        if position > cursor + tolerance:
-            yield from self._silence(position - cursor)
-        elif position < cursor - tolerance:
-            samples = samples[:, cursor - position:]
-        yield from self._push(samples)
-
-    def finish(self) -> Iterator[float]:
-        cursor = self.written + self.pending.shape[1]
-        if cursor < self.total:
-            yield from self._silence(self.total - cursor)
-        if self.pending.shape[1]:
-            yield from self._emit(self.pending)
-        self.pending = self.pending[:, :0]
-        self.container.mux(self.stream.encode(None))
-
-    def _silence(self, count: int) -> Iterator[float]:
-        while count > 0:
-            chunk = min(count, AAC_FRAME * 64)
-            yield from self._push(np.zeros((AUDIO_CHANNELS, chunk), np.float32))
-            count -= chunk
-
-    def _push(self, samples: np.ndarray) -> Iterator[float]:
-        room = self.total - self.written - self.pending.shape[1]
-        if room <= 0 or samples.shape[1] == 0:
-            return
-        self.pending = np.concatenate([self.pending, samples[:, :room]], axis=1)
-        whole = self.pending.shape[1] // AAC_FRAME * AAC_FRAME
-        if whole:
-            block, self.pending = self.pending[:, :whole], self.pending[:, whole:]
-            yield from self._emit(block)
-
-    def _emit(self, block: np.ndarray) -> Iterator[float]:
-        for offset in range(0, block.shape[1], AAC_FRAME):
-            frame = av.AudioFrame.from_ndarray(
-                np.ascontiguousarray(block[:, offset:offset + AAC_FRAME]), format="fltp", layout=AUDIO_LAYOUT
-            )
-            frame.sample_rate = AUDIO_RATE
-            frame.pts = self.written
-            frame.time_base = Fraction(1, AUDIO_RATE)
-            self.container.mux(self.stream.encode(frame))
-            self.written += frame.samples
-            yield self.written / AUDIO_RATE
+def _damaged(on_damaged: OnDamaged) -> Callable[[Any, str], None]:
+    return lambda segment, reason: on_damaged(segment, reason)

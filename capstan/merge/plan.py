@@ -56,6 +56,10 @@ class Segment:
         return self.start + self.duration
 
     @property
+    def ha(self) -> int:
+        return self.name.ha
+
+    @property
     def sort_key(self) -> tuple[float, int, str]:
         # An original file sorts before a recovered (ha) copy that starts at the same moment.
         return (self.start, self.name.ha, self.path)

@@ -21,8 +21,10 @@ from typing import Any
 
 from capstan.api.cloudrecording import CloudRecordingSpec, StreamType
 from capstan.media import naming
+from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
+from capstan.media.pipeline.sources import RoomTrackSource
 from capstan.recorder import finalize as finalizing
-from capstan.recorder.hls import FirstSegment, HlsTrackWriter, StreamNames
+from capstan.recorder.hls import FirstSegment, HlsOutput, HlsTrackWriter, StreamNames
 from capstan.rooms.base import (
     LEAVE_CODES,
     LeaveReason,
@@ -228,23 +230,24 @@ class RecordingSession:
     def _new_recording(self, track: RemoteTrack) -> TrackRecording:
         names = StreamNames.single(self.spec.room.sdk_app_id, self.room_id, track.user_id, track.media_id.value,
                                    track.kind.value, ha=self.ctx.attempt - 1)
-        spec = self.spec.video if track.kind is TrackKind.VIDEO else self.spec.audio
-        writer = HlsTrackWriter(
-            names, self.work / "segments" / f"{track.user_id}-{track.media_id.value}-{track.kind.value}",
-            self.uploader, spec, segment_seconds=self.spec.output.segment_seconds,
-            key_prefix=self.spec.output.prefix, task_id=self.ctx.task_id,
-            on_first_segment=self._on_first_segment)
+        encoding = (VideoEncoding.from_spec(self.spec.video) if track.kind is TrackKind.VIDEO
+                    else AudioEncoding.from_spec(self.spec.audio))
+        output = HlsOutput(self.work / "segments" / f"{track.user_id}-{track.media_id.value}-{track.kind.value}",
+                           self.uploader, segment_seconds=self.spec.output.segment_seconds,
+                           key_prefix=self.spec.output.prefix, task_id=self.ctx.task_id)
+        writer = HlsTrackWriter(names, output, encoding, on_first_segment=self._on_first_segment)
         return TrackRecording(track, writer, ThreadPoolExecutor(1, thread_name_prefix=f"enc-{track.user_id}"))
 
     async def _record(self, rec: TrackRecording) -> None:
         """Feed one track's frames to its writer (encoding runs off the event loop, in order)."""
         assert self.conn is not None and self.loop is not None
+        source = RoomTrackSource(self.conn, rec.track)
         try:
-            async for timed in self.conn.subscribe(rec.track):
+            async for timed in source:
                 await self.loop.run_in_executor(rec.executor, rec.writer.write, timed.frame, timed.time)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
-                await self.conn.unsubscribe(rec.track)
+                await source.close()
             raise
         except Exception as exc:  # noqa: BLE001 - one track failing must not end the others
             log.warning("track %s stopped: %s", rec.track, exc)

@@ -125,3 +125,18 @@ def test_object_key_and_directories_ignored_by_parser():
 def test_strays_are_refused(name):
     with pytest.raises(ValueError):
         naming.parse_name(name)
+
+
+def test_mp3_names_are_built_and_parsed_back() -> None:
+    single = naming.single_mp3_name(1400000001, 1234, "alice")
+    assert single == "1400000001_1234__UserId_s_YWxpY2U.__UserId_e_main_audio.mp3"
+    assert single == naming.single_playlist_name(1400000001, 1234, "alice", "main", "audio").replace(".m3u8", ".mp3")
+    parsed = naming.parse_name(f"rec/task/{single}")
+    assert (parsed.kind, parsed.user_id, parsed.media_id, parsed.track) == (
+        FileKind.MP3, "alice", MediaId.MAIN, TrackType.AUDIO)
+    mixed = naming.mixed_mp3_name(1400000001, "room/a=")
+    assert naming.parse_name(mixed).kind is FileKind.MP3 and naming.parse_name(mixed).room_id == "room/a="
+    for bad in ("ha1_" + single, single.replace("_main_", "_aux_"), single.replace("_audio", "_video"),
+                "ha1_" + mixed):
+        with pytest.raises(ValueError):
+            naming.parse_name(bad)

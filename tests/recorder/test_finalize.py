@@ -11,16 +11,16 @@ import av
 import numpy as np
 import pytest
 
-from capstan.api.cloudrecording import AudioSpec, VideoSpec
 from capstan.media import naming
+from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
 from capstan.recorder.finalize import FileRecord, finalize, finalize_directory
-from capstan.recorder.hls import HlsTrackWriter, StreamNames
+from capstan.recorder.hls import HlsOutput, HlsTrackWriter, StreamNames
 from capstan.storage.uploader import Uploader
 from tests.recorder.frames import T0, dominant_hz, interleave, stream_times, tone_frames, video_frames
 
 SDKAPPID, ROOM = 1400000001, 1234
-VIDEO = VideoSpec(width=64, height=48, fps=15, bitrate=100000, gop=2)
-AUDIO = AudioSpec(sampleRate=48000, channels=1, bitrate=64000)
+VIDEO = VideoEncoding(bitrate=100000, gop_seconds=2, size=(64, 48), max_fps=15)
+AUDIO = AudioEncoding(sample_rate=48000, channels=1, bitrate=64000)
 RED, BLUE = (200, 40, 40), (40, 40, 200)
 
 
@@ -34,11 +34,11 @@ def _record(directory: Path, user: str, media: str, runs: list[tuple[float, floa
             | None, hz: float | None, ha: int = 0) -> None:
     writers: dict[str, HlsTrackWriter] = {}
     if color is not None:
-        writers["video"] = HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, user, media, "video", ha=ha), directory,
-                                          None, VIDEO, segment_seconds=2)
+        writers["video"] = HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, user, media, "video", ha=ha),
+                                          HlsOutput(directory, segment_seconds=2), VIDEO)
     if hz is not None:
-        writers["audio"] = HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, user, "main", "audio", ha=ha), directory,
-                                          None, AUDIO, segment_seconds=2)
+        writers["audio"] = HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, user, "main", "audio", ha=ha),
+                                          HlsOutput(directory, segment_seconds=2), AUDIO)
     for start, seconds in runs:
         sources: list[Iterator[Any]] = []
         if color is not None:

@@ -7,28 +7,32 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pytest
 
-from capstan.api.cloudrecording import AudioSpec, VideoSpec
 from capstan.media import naming, playlist
-from capstan.recorder.hls import FirstSegment, HlsTrackWriter, HlsWriter, StreamNames
+from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
+from capstan.recorder.hls import FirstSegment, HlsOutput, HlsTrackWriter, HlsWriter, StreamNames
 from capstan.storage.uploader import Uploader
 from tests.recorder.frames import T0, dominant_hz, interleave, mean_rgb, stream_times, tone_frames, video_frames
 
 SDKAPPID, ROOM = 1400000001, 1234
-VIDEO = VideoSpec(width=64, height=48, fps=15, bitrate=100000, gop=2)
-AUDIO = AudioSpec(sampleRate=48000, channels=1, bitrate=64000)
+VIDEO = VideoEncoding(bitrate=100000, gop_seconds=2, size=(64, 48), max_fps=15)
+AUDIO = AudioEncoding(sample_rate=48000, channels=1, bitrate=64000)
 USERS = {"alice": ((200, 40, 40), 440.0), "bob": ((40, 40, 200), 660.0)}
 
 
-def _video_writer(tmp_path: Path, user: str = "alice", **kwargs: Any) -> HlsTrackWriter:
-    names = StreamNames.single(SDKAPPID, ROOM, user, "main", "video", ha=kwargs.pop("ha", 0))
-    return HlsTrackWriter(names, tmp_path / f"{user}-video", None, VIDEO, segment_seconds=2, **kwargs)
+def _video_writer(tmp_path: Path, user: str = "alice", *, ha: int = 0, encoding: VideoEncoding = VIDEO,
+                  **kwargs: Any) -> HlsTrackWriter:
+    names = StreamNames.single(SDKAPPID, ROOM, user, "main", "video", ha=ha)
+    first = kwargs.pop("on_first_segment", None)
+    output = HlsOutput(tmp_path / f"{user}-video", segment_seconds=2, **kwargs)
+    return HlsTrackWriter(names, output, encoding, on_first_segment=first)
 
 
-def _audio_writer(tmp_path: Path, user: str = "alice", **kwargs: Any) -> HlsTrackWriter:
-    names = StreamNames.single(SDKAPPID, ROOM, user, "main", "audio", ha=kwargs.pop("ha", 0))
-    return HlsTrackWriter(names, tmp_path / f"{user}-audio", None, AUDIO, segment_seconds=2, **kwargs)
+def _audio_writer(tmp_path: Path, user: str = "alice", *, ha: int = 0) -> HlsTrackWriter:
+    names = StreamNames.single(SDKAPPID, ROOM, user, "main", "audio", ha=ha)
+    return HlsTrackWriter(names, HlsOutput(tmp_path / f"{user}-audio", segment_seconds=2), AUDIO)
 
 
 def _playlist(writer: HlsWriter) -> playlist.Playlist:
@@ -63,8 +67,8 @@ def test_names_keys_and_playlist_tags(tmp_path: Path) -> None:
 
 
 def test_mixed_stream_names_and_both_tracks(tmp_path: Path) -> None:
-    writer = HlsWriter(StreamNames.mixed(SDKAPPID, "room/a=", ha=1), tmp_path, None, video=VIDEO, audio=AUDIO,
-                       segment_seconds=2)
+    writer = HlsWriter(StreamNames.mixed(SDKAPPID, "room/a=", ha=1), HlsOutput(tmp_path, segment_seconds=2),
+                       video=VIDEO, audio=AUDIO)
     for frame, t in interleave(video_frames(T0, 4.0), tone_frames(T0, 4.0, hz=440)):
         writer.write(frame, t)
     segments = writer.close()
@@ -128,7 +132,21 @@ def test_gaps_stay_gaps(tmp_path: Path) -> None:
         assert covered == pytest.approx(fed, abs=0.1), kind
 
 
-def test_frames_are_scaled_to_the_spec(tmp_path: Path) -> None:
+def _rgb_at(path: Path, t: float) -> np.ndarray:
+    """The RGB picture shown at ``t`` seconds after the first frame."""
+    with av.open(str(path)) as container:
+        chosen, first = None, None
+        for frame in container.decode(video=0):
+            first = frame.time if first is None else first
+            if frame.time is not None and first is not None and frame.time - first > t + 1e-3:
+                break
+            chosen = frame
+        assert chosen is not None
+        return chosen.to_ndarray(format="rgb24")
+
+
+def test_a_requested_size_keeps_the_aspect_ratio(tmp_path: Path) -> None:
+    """96x80 pictures into a 64x48 recording: scaled to fit and pillarboxed, never squeezed."""
     writer = _video_writer(tmp_path)
     for frame, t in video_frames(T0, 1.0, size=(96, 80), color=(40, 200, 40)):
         writer.write(frame.reformat(format="rgb24"), t)
@@ -136,7 +154,57 @@ def test_frames_are_scaled_to_the_spec(tmp_path: Path) -> None:
     with av.open(segment.local_path) as container:
         ctx = container.streams.video[0].codec_context
         assert (ctx.width, ctx.height) == (64, 48)
-    assert mean_rgb(Path(segment.local_path or "")) == pytest.approx((40, 200, 40), abs=6)
+    picture = _rgb_at(Path(segment.local_path or ""), 0.5)
+    assert picture[24, 32] == pytest.approx((40, 200, 40), abs=8)  # the picture, centred
+    assert picture[24, 1].max() < 30 and picture[24, 62].max() < 30  # black bars left and right
+    assert picture[1, 32] == pytest.approx((40, 200, 40), abs=12)  # full height: 58x48 fits 64x48
+
+
+def test_each_stream_keeps_its_own_size(tmp_path: Path) -> None:
+    """No size asked: a 1280x720 and a 640x360 anchor keep theirs (and the playlist says so)."""
+    own = VideoEncoding(bitrate=300000, gop_seconds=2)
+    sizes = {"alice": (1280, 720), "bob": (640, 360)}
+    for user, size in sizes.items():
+        writer = _video_writer(tmp_path, user, encoding=own)
+        for frame, t in video_frames(T0, 1.0, size=size):
+            writer.write(frame, t)
+        [segment] = writer.close()
+        with av.open(segment.local_path) as container:
+            ctx = container.streams.video[0].codec_context
+            assert (ctx.width, ctx.height) == size
+        assert (_playlist(writer).width, _playlist(writer).height) == size
+
+
+def test_a_resolution_change_mid_stream_is_not_squeezed(tmp_path: Path) -> None:
+    """720p, then 360p (congestion: same shape, scaled back up), then a 4:3 picture (pillarboxed)."""
+    writer = _video_writer(tmp_path, encoding=VideoEncoding(bitrate=300000, gop_seconds=2))
+    red, green, blue = (200, 40, 40), (40, 200, 40), (40, 40, 200)
+    for start, size, color in ((0.0, (1280, 720), red), (2.0, (640, 360), green), (4.0, (480, 360), blue)):
+        for frame, t in video_frames(T0 + start, 2.0, size=size, color=color):
+            writer.write(frame, t)
+    segments = writer.close()
+    assert writer.stored_size == (1280, 720)
+    assert (_playlist(writer).width, _playlist(writer).height) == (1280, 720)
+    pictures = {round(s.start - T0): _rgb_at(Path(s.local_path or ""), 1.0) for s in segments}
+    assert set(pictures) == {0, 2, 4}
+    for at, color in ((0, red), (2, green)):
+        assert pictures[at].shape == (720, 1280, 3)
+        assert pictures[at][::90, ::160].reshape(-1, 3).mean(axis=0) == pytest.approx(color, abs=8)  # edge to edge
+    four_three = pictures[4]
+    assert four_three[360, 640] == pytest.approx(blue, abs=8)
+    assert four_three[360, 20].max() < 30 and four_three[360, 1260].max() < 30  # 960x720 centred on black
+
+
+def test_a_frame_rate_cap_drops_pictures_and_none_keeps_them(tmp_path: Path) -> None:
+    capped = _video_writer(tmp_path, "alice")  # max 15 fps
+    free = _video_writer(tmp_path, "bob", encoding=VideoEncoding(bitrate=100000, gop_seconds=2))
+    for writer in (capped, free):
+        for frame, t in video_frames(T0, 2.0, fps=30):
+            writer.write(frame, t)
+        writer.close()
+    counts = [sum(len(stream_times(Path(s.local_path or ""), "video").times) for s in w.segments)
+              for w in (capped, free)]
+    assert counts == [30, 60]
 
 
 def test_frame_time_is_the_default_capture_time(tmp_path: Path) -> None:
@@ -150,10 +218,10 @@ def test_frame_time_is_the_default_capture_time(tmp_path: Path) -> None:
 def test_uploads_to_stack_minio(s3: Any, bucket: str, tmp_path: Path) -> None:
     up = Uploader(s3, bucket, tmp_path / "spool")
     writers = [
-        HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, "alice", "main", "video"), tmp_path / "v", up, VIDEO,
-                       segment_seconds=2, key_prefix="p", task_id="t"),
-        HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, "alice", "main", "audio"), tmp_path / "a", up, AUDIO,
-                       segment_seconds=2, key_prefix="p", task_id="t"),
+        HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, "alice", "main", "video"),
+                       HlsOutput(tmp_path / "v", up, segment_seconds=2, key_prefix="p", task_id="t"), VIDEO),
+        HlsTrackWriter(StreamNames.single(SDKAPPID, ROOM, "alice", "main", "audio"),
+                       HlsOutput(tmp_path / "a", up, segment_seconds=2, key_prefix="p", task_id="t"), AUDIO),
     ]
     video, audio = writers
     for frame, t in interleave(video_frames(T0, 5.0), tone_frames(T0, 5.0, hz=440)):

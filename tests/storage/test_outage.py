@@ -10,9 +10,9 @@ import threading
 import time
 from pathlib import Path
 
-from capstan.api.cloudrecording import AudioSpec
 from capstan.media import playlist
-from capstan.recorder.hls import HlsTrackWriter, StreamNames
+from capstan.media.pipeline.encoding import AudioEncoding
+from capstan.recorder.hls import HlsOutput, HlsTrackWriter, StreamNames
 from capstan.storage.uploader import Uploader
 from tests.recorder.frames import tone_frames
 from tests.storage.conftest import fast_client
@@ -29,8 +29,8 @@ def test_segments_survive_a_storage_outage(private_minio: MinioProcess, tmp_path
     up = Uploader(client, "rec", tmp_path / "spool", on_error=lambda c, m: errors.append((c, m)),
                   min_backoff=0.2, max_backoff=2.0, error_interval=3.0)
     names = StreamNames.single(1400000001, 1234, "alice", "main", "audio")
-    writer = HlsTrackWriter(names, tmp_path / "work", up, AudioSpec(sampleRate=48000, channels=1, bitrate=64000),
-                            segment_seconds=0.5, key_prefix="rec", task_id="task-1")
+    writer = HlsTrackWriter(names, HlsOutput(tmp_path / "work", up, segment_seconds=0.5, key_prefix="rec",
+                                             task_id="task-1"), AudioEncoding(48000, 1, 64000))
     stop = threading.Event()
 
     def produce() -> None:  # a live anchor: 20 ms of tone every 20 ms, capture time = now
