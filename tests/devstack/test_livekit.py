@@ -13,6 +13,7 @@ import os
 import subprocess
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,21 @@ COLOUR = (200, 60, 30)  # RGB
 TONE_HZ = 440.0
 W, H, FPS = 320, 240, 15
 RATE = 48000
+
+
+def test_keys_are_made_once_and_the_config_stays_in_the_namespace(tmp_path: Path) -> None:
+    keys_file = tmp_path / "livekit-keys.json"
+    key, secret = livekit_server.load_or_create_keys(keys_file)
+    assert livekit_server.load_or_create_keys(keys_file) == (key, secret) == livekit_server.read_keys(keys_file)
+    assert keys_file.stat().st_mode & 0o777 == 0o600 and len(secret) >= 32
+    config = json.loads(livekit_server.config_files(key, secret)["config.yaml"])  # JSON is YAML
+    assert config["keys"] == {key: secret}
+    assert config["bind_addresses"] == [NET.address] == [config["rtc"]["node_ip"]]
+    assert config["rtc"]["interfaces"] == {"includes": [NET.ns_if]}
+    assert config["rtc"]["use_external_ip"] is False
+    # the server hands clients these STUN servers (public ones when none is configured)
+    assert [s.split(":")[0] for s in config["rtc"]["stun_servers"]] == [NET.address]
+    assert NET.name.startswith("capstan-lk") and NET.address.startswith("10.214.")  # not Janus's /30
 
 
 def test_livekit_is_healthy_and_named_by_the_sdk_variables(livekit: devstack.StackEnv) -> None:
@@ -169,6 +185,7 @@ async def _round_trip(env: devstack.StackEnv) -> tuple[list[np.ndarray], np.ndar
     return frames, np.concatenate(audio), reason
 
 
+@pytest.mark.timeout(120)
 def test_colour_and_tone_arrive_and_delete_room_disconnects_the_subscriber(livekit: devstack.StackEnv) -> None:
     from livekit import rtc
 
@@ -178,5 +195,3 @@ def test_colour_and_tone_arrive_and_delete_room_disconnects_the_subscriber(livek
     assert abs(_peak_hz(pcm[-RATE:]) - TONE_HZ) <= 2, _peak_hz(pcm[-RATE:])
     assert reason == rtc.DisconnectReason.ROOM_DELETED, reason
 
-
-pytestmark = pytest.mark.timeout(120)
