@@ -59,13 +59,20 @@ class SubscribeSpec(CamelModel):
 
 
 class VideoSpec(CamelModel):
-    """Encoding of recorded video (TRTC VideoParams; defaults as TRTC's)."""
+    """Encoding of recorded video (TRTC VideoParams); unset size/fps: each anchor's own, never squeezed."""
 
-    width: int = Field(360, ge=16, le=1920, multiple_of=2, description="Width in pixels (even).")
-    height: int = Field(640, ge=16, le=1920, multiple_of=2, description="Height in pixels (even).")
-    fps: int = Field(15, ge=1, le=60, description="Frames per second.")
+    width: int | None = Field(None, ge=16, le=1920, multiple_of=2,
+                              description="Width in pixels (even); unset: each anchor's own. Set with height.")
+    height: int | None = Field(None, ge=16, le=1920, multiple_of=2,
+                               description="Height in pixels (even); unset: each anchor's own. Set with width.")
+    fps: int | None = Field(None, ge=1, le=60, description="Frames per second at most; unset: each anchor's own.")
     bitrate: int = Field(550000, ge=64000, le=8192000, description="Bit rate in bit/s.")
     gop: int = Field(10, ge=1, le=10, description="Keyframe interval in seconds.")
+
+    model_config = ConfigDict(json_schema_extra=validations(
+        cel("has(self.width) == has(self.height)", "video.width and video.height are given together",
+            field_path=".width"),
+    ))
 
 
 class AudioSpec(CamelModel):

@@ -85,7 +85,10 @@ class _WithFactoryDefaults(GenerateJsonSchema):
         factory = schema.get("default_factory")
         if factory is not None and not schema.get("default_factory_takes_data"):
             schema = {k: v for k, v in schema.items() if k != "default_factory"}
-            schema["default"] = factory()
+            value = factory()
+            if isinstance(value, BaseModel):  # unset optional fields are left out, not published as null
+                value = value.model_dump(mode="json", by_alias=True, exclude_none=True)
+            schema["default"] = value
         return super().default_schema(schema)
 
 

@@ -64,6 +64,7 @@ INVALID = [
     ("duplicate formats", with_spec(RECORDING, output={"formats": ["hls", "hls"]}), "spec.output.formats"),
     ("bad bucket", with_spec(RECORDING, storage={**STORAGE, "bucket": "My_Bucket"}), "spec.storage.bucket"),
     ("odd video width", with_spec(RECORDING, video={"width": 641}), "spec.video.width"),
+    ("video width without height", with_spec(RECORDING, video={"width": 640}), "spec.video.width"),
     ("web too wide", with_spec(WEB, width=2562), "spec.width"),
     ("web too long", with_spec(WEB, maxDurationLimit=36001), "spec.maxDurationLimit"),
     ("web key without authUrl", with_spec(WEB, output={"storage": STORAGE, "muxer": "hls",
