@@ -109,6 +109,10 @@ class StorageSpec(CamelModel):
     credentials_secret_ref: SecretRef = Field(
         alias="credentialsSecretRef",
         description="Secret with keys `accessKey` and `secretKey` for the bucket.")
+    public_base_url: str | None = Field(
+        None, alias="publicBaseUrl", pattern=r"^https?://\S+$", max_length=2048,
+        description="Base URL where the bucket's objects are public (a CDN, a public bucket): result and "
+                    "status URLs are <publicBaseUrl>/<object key>. Unset: presigned GET URLs valid 7 days.")
 
 
 class CallbackSpec(CamelModel):
