@@ -52,7 +52,7 @@ def test_chart_ships_kopf_peering_crds():
 
 
 def test_cluster_role_names_every_kind():
-    text = (CHART / "templates" / "clusterrole.yaml").read_text()
+    text = "".join((CHART / "templates" / f).read_text() for f in ("rbac.yaml", "_helpers.tpl"))
     assert f"apiGroups: [{GROUP}]" in text
     for info in KINDS:
         for resource in (info.plural, f"{info.plural}/status", f"{info.plural}/finalizers"):
@@ -66,6 +66,6 @@ def test_operator_env_is_read_by_the_operator():
     template = (CHART / "templates" / "deployment.yaml").read_text()
     names = set(re.findall(r"name: (CAPSTAN_[A-Z_]+)", template))
     assert "CAPSTAN_WORKER_IMAGE" in names
-    source = "".join(p.read_text() for p in (ROOT / "capstan" / "operator").glob("*.py"))
+    source = "".join(p.read_text() for d in ("operator", "net") for p in (ROOT / "capstan" / d).glob("*.py"))
     for name in sorted(names):  # CAPSTAN_WORKER_ENV_ is the per-worker env prefix, read as such
         assert f'"{name}' in source, f"{name} is set by the chart but not read by the operator"

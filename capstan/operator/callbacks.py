@@ -29,6 +29,7 @@ EVENT_GROUP_CLOUD_RECORDING = 3
 RESULT_EVENT = 0  # a kind's final result body, sent as it is
 BACKOFF_SECONDS = (1.0, 2.0, 4.0, 8.0, 15.0)  # after the 1st, 2nd… failed try; then 15 s each
 ANNOUNCED_TYPES = frozenset({301, 302, 305, 306, 310, RESULT_EVENT})  # worth a Normal Event when delivered
+URL_REFUSED = "refused by the URL policy"
 _USER_FIELD = {"CloudRecording": "recorderUserId", "StreamPush": "userId"}
 
 
@@ -201,7 +202,7 @@ def deliver(url: str, body: bytes, header_map: dict[str, str], timeout: float = 
     try:
         code = fetch.post(url, body, header_map, policy=policy or UrlPolicy(), use=Use.callback, timeout=timeout)
     except UrlRefused as exc:
-        return f"refused by the URL policy: {exc}"
+        return f"{URL_REFUSED}: {exc}"
     except (OSError, http.client.HTTPException, ValueError) as exc:
         return f"{type(exc).__name__}:{exc}"
     if 300 <= code < 400:

@@ -274,6 +274,9 @@ def _post_attempt(info: KindInfo, body: kopf.Body, events: list[TaskEvent], trie
     elif tried.outcome is callbacks.Outcome.gave_up:
         kopf.event(body, type="Warning", reason="CallbackFailed",
                    message=f"event {event.type} (seq {event.seq}): {callbacks.failed_message(tried.error or '')}")
+    elif tried.tries == 1 and (tried.error or "").startswith(callbacks.URL_REFUSED):
+        kopf.event(body, type="Warning", reason="CallbackURLRefused",
+                   message=f"event {event.type} (seq {event.seq}) not sent, retrying: {tried.error}")
     elif tried.key_missing and tried.tries == 1:
         kopf.event(body, type="Warning", reason="CallbackKeyMissing",
                    message=f"cannot sign event {event.type} (seq {event.seq}), retrying: {tried.error}")

@@ -34,3 +34,45 @@ app.kubernetes.io/component: operator
 {{- define "capstan.workerImage" -}}
 {{- default (include "capstan.image" (list . .Values.images.recorder)) .Values.workerImage -}}
 {{- end -}}
+
+{{- /*
+What the operator does inside a namespace it serves: a ClusterRole's rules when it watches every
+namespace, a Role's in each watched namespace otherwise. Each verb is one the operator uses.
+*/}}
+{{- define "capstan.namespacedRules" }}
+  # Capstan's kinds: kopf watches them and patches finalizers and annotations; the operator reads a
+  # fresh copy before finishing. The per-task Roles grant a subset (get/list/watch one object,
+  # patch its status): RBAC lets the operator grant only what it holds.
+  - apiGroups: [capstan.dev]
+    resources: [cloudrecordings, webrecordings, streampushes]
+    verbs: [get, list, watch, patch]
+  - apiGroups: [capstan.dev]
+    resources: [cloudrecordings/status, webrecordings/status, streampushes/status]
+    verbs: [patch]
+  # Children carry ownerReferences with blockOwnerDeletion; where the OwnerReferencesPermission-
+  # Enforcement admission plugin runs, that needs update on the owner's finalizers.
+  - apiGroups: [capstan.dev]
+    resources: [cloudrecordings/finalizers, webrecordings/finalizers, streampushes/finalizers]
+    verbs: [update]
+  # Worker Pods, one per attempt: observed by name, listed by task label at clean-up.
+  - apiGroups: [""]
+    resources: [pods]
+    verbs: [get, list, create, delete]
+  # The worker's own identity: ServiceAccount, and a Role + RoleBinding naming its one object.
+  - apiGroups: [""]
+    resources: [serviceaccounts]
+    verbs: [create, delete]
+  - apiGroups: [rbac.authorization.k8s.io]
+    resources: [roles, rolebindings]
+    verbs: [create, delete]
+  # Secrets: the ones a task names are read by name (and used only when labelled
+  # capstan.dev/use: "true"); the per-task token Secret is created, renewed per attempt, deleted.
+  # No list or watch: the operator never sees Secrets it was not pointed at.
+  - apiGroups: [""]
+    resources: [secrets]
+    verbs: [get, create, update, delete]
+  # Kubernetes Events about tasks (kopf posts core/v1 Events).
+  - apiGroups: [""]
+    resources: [events]
+    verbs: [create]
+{{- end }}
