@@ -18,7 +18,7 @@ from capstan.api.common import TaskEvent
 from capstan.media import naming
 
 RESULT_EVENT = 0
-Text = Annotated[str, Field(max_length=1024)]
+Text = Annotated[str, Field(max_length=4096)]  # room for storage error messages; bounds a status blob
 Status012 = Literal[0, 1, 2]
 TrackTypeValue = Literal["audio", "video", "audio_video"]
 

@@ -47,7 +47,7 @@ def test_the_seed_shapes_are_accepted(type_, payload):
     (301, {"Status": 0, "Extra": "x"}, "Extra: Extra inputs are not permitted"),
     (301, {"Status": "0"}, "Status: Input should be 0, 1 or 2"),
     (302, {"Status": 0}, "LeaveCode: Field required"),
-    (304, {"FileList": "x" * 5000}, "FileList: String should have at most 1024 characters"),
+    (304, {"FileList": "x" * 5000}, "FileList: String should have at most 4096 characters"),
     (0, {"anything": "I want signed"}, "payload does not have the expected shape"),
     (0, {**RESULT, "TaskId": "someone-elses-task"}, "TaskId is not this task's"),
     (0, {**RESULT, "SdkAppId": "1"}, "SdkAppId is not this task's"),
