@@ -31,6 +31,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -136,6 +137,23 @@ def ffmpeg_argv(video: Path, audio: Path, out: Path) -> list[str]:
     ]
 
 
+def read_picture(source: BinaryIO, picture_bytes: int) -> Any:
+    """The next yuv420p picture, read straight into a new frame's planes (as a decoder fills them)."""
+    import av
+
+    frame = av.VideoFrame(WIDTH, HEIGHT, "yuv420p")
+    for plane in frame.planes:
+        if plane.line_size != plane.width:  # padded rows: read the rows one by one
+            rows = np.frombuffer(source.read(plane.width * plane.height), np.uint8)
+            if rows.size < plane.width * plane.height:
+                return None
+            plane.update(np.pad(rows.reshape(plane.height, plane.width),
+                                ((0, 0), (0, plane.line_size - plane.width))).tobytes())
+        elif source.readinto(memoryview(plane)) < plane.buffer_size:  # type: ignore[attr-defined]
+            return None
+    return frame
+
+
 def record(video: Path, audio: Path, out: Path) -> None:
     """The capstan side, run in the measured child: raw files -> frames -> two HlsTrackWriters."""
     import av
@@ -161,12 +179,11 @@ def record(video: Path, audio: Path, out: Path) -> None:
         while not (video_done and audio_done):
             video_time, audio_time = T0 + picture / FPS, T0 + chunk * AUDIO_CHUNK / AUDIO_RATE
             if not video_done and (audio_done or video_time <= audio_time):  # capture-time order, as a room
-                data = vf.read(picture_bytes)
-                if len(data) < picture_bytes:
+                frame = read_picture(vf, picture_bytes)
+                if frame is None:
                     video_done = True
                     continue
-                image = np.frombuffer(data, np.uint8).reshape(HEIGHT * 3 // 2, WIDTH)
-                writers["video"].write(av.VideoFrame.from_ndarray(image, format="yuv420p"), video_time)
+                writers["video"].write(frame, video_time)
                 picture += 1
             else:
                 data = af.read(chunk_bytes)
@@ -174,9 +191,9 @@ def record(video: Path, audio: Path, out: Path) -> None:
                     audio_done = True
                     continue
                 samples = np.frombuffer(data, "<i2").reshape(1, -1)
-                frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
-                frame.sample_rate = AUDIO_RATE
-                writers["audio"].write(frame, audio_time)
+                sound = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+                sound.sample_rate = AUDIO_RATE
+                writers["audio"].write(sound, audio_time)
                 chunk += 1
     for writer in writers.values():
         writer.close()

@@ -98,7 +98,7 @@ class EncodedAudio:
         self.encoder.close()
         yield self.seconds
 
-    def _mux(self, packets: Iterator[av.Packet]) -> None:
+    def _mux(self, packets: list[av.Packet]) -> None:
         for packet in packets:
             packet.stream = self.stream
             self.container.mux(packet)

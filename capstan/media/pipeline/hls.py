@@ -147,10 +147,12 @@ class HlsSink:
         return None if self._segment is None else self._segment.start_ticks + self.segment_ticks
 
     def mux(self, packet: av.Packet, kind: str) -> None:
-        if packet.pts is None or packet.time_base is None:
+        tb = packet.time_base
+        if packet.pts is None or tb is None:
             return
-        start = round(packet.pts * packet.time_base * TS_HZ)
-        duration = round((packet.duration or 0) * packet.time_base * TS_HZ)
+        scale_num, scale_den = tb.numerator * TS_HZ, tb.denominator  # integers: no Fraction per packet
+        start = (packet.pts * scale_num + scale_den // 2) // scale_den
+        duration = ((packet.duration or 0) * scale_num + scale_den // 2) // scale_den
         segment = self._segment
         if segment is None:
             segment = self._open(start)

@@ -70,7 +70,8 @@ class AudioConverter:
             if name == "fltp":
                 return frame.to_ndarray()
             if name in ("s16", "s16p") and self.channels == 1:  # WebRTC's mono s16: no resampler needed
-                return frame.to_ndarray().astype(np.float32) * (1 / 32768)
+                pcm = np.frombuffer(memoryview(frame.planes[0]), np.int16, count=frame.samples)
+                return np.multiply(pcm, 1 / 32768, dtype=np.float32).reshape(1, -1)
         if self._resampler is None:
             self._resampler = av.AudioResampler(format="fltp", layout=self.layout, rate=self.sample_rate)
         frame.pts = None  # the timeline places the samples; the resampler must not judge the timestamps
