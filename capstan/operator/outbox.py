@@ -4,11 +4,13 @@ A worker decodes untrusted media, so it is treated as possibly compromised: it m
 status it likes (status is one subresource), but the operator signs an event with the tenant's
 callback key only when the event is a type the task's kind emits and its payload has exactly the
 seed's shape (seed 002 for 301–312, the single-stream function's result body for type 0), with
-the task's own identity in it. Anything else is refused, never signed. Pure: no I/O.
+the task's own identity in it (a result's RecordFile URLs point into the task's own storage and
+prefix). Anything else is refused, never signed. Pure: no I/O.
 """
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -16,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from capstan.api import KindInfo
 from capstan.api.common import TaskEvent
 from capstan.media import naming
+from capstan.storage.client import parse_endpoint
 
 RESULT_EVENT = 0
 Text = Annotated[str, Field(max_length=4096)]  # room for storage error messages; bounds a status blob
@@ -119,8 +122,26 @@ def _result_identity(spec: dict[str, Any], status: dict[str, Any], result: Recor
             return f"{field} is not this task's"
     prefix = naming.object_key("", prefix=(spec.get("output") or {}).get("prefix"), task_id=status.get("taskId"))
     for f in result.Files:
-        if not f.RecordFile.startswith(prefix) or ".." in f.RecordFile.split("/"):
+        key = _record_file_key(spec.get("storage") or {}, f.RecordFile)
+        if key is None or not key.startswith(prefix) or ".." in key.split("/"):
             return f"Files: {f.RecordFile!r} is not under the task's prefix {prefix!r}"
+    return None
+
+
+def _record_file_key(storage: dict[str, Any], record_file: str) -> str | None:
+    """The object key a RecordFile names: a key, or a URL of the task's own storage (under its
+    ``publicBaseUrl``, or ``<endpoint>/<bucket>/`` as a presigned URL is); None for any other URL."""
+    parts = urllib.parse.urlsplit(record_file)
+    if not parts.scheme and not parts.netloc:
+        return record_file
+    base = storage.get("publicBaseUrl")
+    if base and record_file.startswith(base.rstrip("/") + "/"):
+        rest = record_file[len(base.rstrip("/")) + 1:]
+        return urllib.parse.unquote(urllib.parse.urlsplit(rest).path)
+    endpoint, _ = parse_endpoint(str(storage.get("endpoint") or "-"))
+    bucket_path = f"/{storage.get('bucket')}/"
+    if parts.scheme in ("http", "https") and parts.netloc == endpoint and parts.path.startswith(bucket_path):
+        return urllib.parse.unquote(parts.path[len(bucket_path):])
     return None
 
 

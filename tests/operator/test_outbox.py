@@ -13,7 +13,8 @@ from capstan.operator import callbacks, outbox
 from capstan.operator.callbacks import Outcome
 
 ROOM = {"url": "ws://x:7880", "sdkAppId": 1400123456, "roomId": 12345, "credentialsSecretRef": {"name": "lk"}}
-SPEC = {"room": ROOM, "recorderUserId": "robot", "output": {"prefix": "rec"},
+STORAGE = {"endpoint": "minio.example:9000", "bucket": "recs", "publicBaseUrl": "https://cdn.example/r"}
+SPEC = {"room": ROOM, "recorderUserId": "robot", "output": {"prefix": "rec"}, "storage": STORAGE,
         "callback": {"url": "https://hooks.example/cb", "signingKeySecretRef": {"name": "cb", "key": "key"}}}
 STATUS = {"taskId": "task-1"}
 PLAYLIST = "1400123456_12345__UserId_s_YWxpY2U.__UserId_e_main_audio.m3u8"
@@ -29,6 +30,9 @@ WELL_FORMED = [
     (311, {"Status": 1, "Errmsg": "x", "TencentVod": {"UserId": "123", "TrackType": "audio_video",
                                                        "CacheFile": "x.mp4"}}),
     (312, {"Status": 0}), (0, RESULT),
+    (0, {**RESULT, "Files": [{**RESULT["Files"][0], "RecordFile": f"https://cdn.example/r/rec/task-1/{PLAYLIST}"}]}),
+    (0, {**RESULT, "Files": [{**RESULT["Files"][0], "RecordFile":
+                              f"http://minio.example:9000/recs/rec/task-1/{PLAYLIST}?X-Amz-Signature=ab"}]}),
 ]
 
 
@@ -56,6 +60,12 @@ def test_the_seed_shapes_are_accepted(type_, payload):
     (0, {**RESULT, "Files": [{**RESULT["Files"][0], "RecordFile": "rec/task-1/../task-2/x.m3u8"}]},
      "is not under the task's prefix"),
     (0, {**RESULT, "Note": "extra"}, "Note: Extra inputs are not permitted"),
+    (0, {**RESULT, "Files": [{**RESULT["Files"][0], "RecordFile": f"https://evil.example/rec/task-1/{PLAYLIST}"}]},
+     "is not under the task's prefix"),
+    (0, {**RESULT, "Files": [{**RESULT["Files"][0], "RecordFile":
+                              f"http://minio.example:9000/other/rec/task-1/{PLAYLIST}"}]}, "is not under"),
+    (0, {**RESULT, "Files": [{**RESULT["Files"][0], "RecordFile":
+                              "https://cdn.example/r/rec/task-1/%2E%2E/task-2/x.mp4"}]}, "is not under"),
 ])
 def test_unknown_types_and_forged_bodies_are_refused(type_, payload, why):
     refusal = outbox.refusal(CLOUD_RECORDING, SPEC, STATUS, ev(type_, payload))
