@@ -273,14 +273,14 @@ def test_worker_pod_gets_secrets_only_as_references(operator, tasks, namespace):
     tasks.wait_phase("refs", "finished")
 
 
-def test_livekit_task_is_refused_clearly_without_failover(operator_factory, tasks):
-    """LiveKit cannot run here, so its adapter is not built: such a task fails at once, naming why."""
+def test_a_task_the_worker_refuses_fails_clearly_without_failover(operator_factory, tasks):
+    """A worker that cannot do a task however often it is retried (exit 3) ends it at once, naming why."""
     operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media")
-    tasks.create(recording("lk"))
-    st = tasks.wait_phase("lk", "failed", timeout=60)
+    tasks.create(recording("mixed", recordMode="mix"))
+    st = tasks.wait_phase("mixed", "failed", timeout=60)
     assert st["attempt"] == 1 and st["failovers"] == 0
-    assert st["result"]["errorCode"] == "BackendUnavailable"
-    assert st["result"]["errorMessage"].startswith("spec.room.backend: room backend livekit")
+    assert st["result"]["errorCode"] == "Unsupported"
+    assert st["result"]["errorMessage"].startswith("spec.recordMode")
 
 
 def test_operator_exposes_prometheus_metrics(operator_factory, tasks):
