@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from devstack.harness import ROOT, OperatorProcess
 
 CHART = ROOT / "charts" / "capstan"
+KUBE_VERSION = "1.34.4"  # the stack's API server (helm template would otherwise assume 1.20)
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "KopfPeering",
               "ClusterKopfPeering")
 
@@ -27,7 +28,8 @@ def render(helm: str, release: str, namespace: str, values: dict[str, Any], char
     """The chart's objects as `helm template` renders them with `values`."""
     values_file = Path(f"/tmp/{release}-values.yaml")
     values_file.write_text(yaml.safe_dump(values))
-    out = subprocess.run([helm, "template", release, str(chart), "--namespace", namespace, "-f", str(values_file)],
+    out = subprocess.run([helm, "template", release, str(chart), "--namespace", namespace, "-f", str(values_file),
+                          "--kube-version", KUBE_VERSION],
                          capture_output=True, text=True, timeout=60, check=True).stdout
     return [d for d in yaml.safe_load_all(out) if d]
 
