@@ -24,7 +24,7 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -261,8 +261,14 @@ def finalize(
     mp4_max_bytes: int = MP4_MAX_BYTES,
     mp4_max_seconds: float = MP4_MAX_SECONDS,
     mp3_bitrate: int = 64000,
+    on_made: Callable[[FileRecord], None] | None = None,
+    on_failed: Callable[[str, str], None] | None = None,
 ) -> list[FileRecord]:
-    """Make the MP4s and/or MP3s of every stream in ``segment_paths`` and hand them to ``uploader``."""
+    """Make the MP4s and/or MP3s of every stream in ``segment_paths`` and hand them to ``uploader``.
+
+    ``on_made`` hears of each file before it is handed over (so its storing is never missed);
+    ``on_failed`` of each stream that could not be made, by the name its first file would have had.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     records: list[FileRecord] = []
@@ -277,10 +283,17 @@ def finalize(
                     made.append(result)
         except (av.FFmpegError, ValueError, OSError) as exc:  # one stream's damage must not cost the others
             log.error("no MP4/MP3 for %s/%s: %s", group.user_id, group.media_id, exc)
+            if on_failed is not None:
+                wanted = [_mp4_name(group, 1)] if mp4 else []
+                wanted += [mp3_name(group)] if mp3 and (group.user_id is None or group.media_id is MediaId.MAIN) else []
+                for name in wanted:
+                    on_failed(naming.object_key(name, prefix=key_prefix, task_id=task_id), str(exc))
             continue
         for path, record in made:
             key = naming.object_key(record.file_name, prefix=key_prefix, task_id=task_id)
             record = FileRecord(**{**record.__dict__, "key": key})
+            if on_made is not None:
+                on_made(record)
             if uploader is not None:
                 content = MP3_CONTENT_TYPE if path.suffix == ".mp3" else MP4_CONTENT_TYPE
                 uploader.put(path, key, content)

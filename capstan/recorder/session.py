@@ -12,19 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
+import os
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from capstan.api.cloudrecording import CloudRecordingSpec, StreamType
+from capstan.api.cloudrecording import MAX_STREAMS_PER_ROOM, CloudRecordingSpec, StreamType
 from capstan.media import naming
 from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
 from capstan.media.pipeline.sources import RoomTrackSource
 from capstan.recorder import finalize as finalizing
 from capstan.recorder.hls import FirstSegment, HlsOutput, HlsTrackWriter, StreamNames
+from capstan.recorder.ledger import Announcement, FileLedger, KeptFile
 from capstan.rooms.base import (
     LEAVE_CODES,
     LeaveReason,
@@ -45,8 +49,11 @@ log = logging.getLogger("capstan.recorder")
 # TRTC event types (seed 002)
 RECORDER_START, RECORDER_STOP, UPLOAD_START, FILE_INFO, UPLOAD_STOP = 301, 302, 303, 304, 305
 FAILOVER, FILE_SLICE, UPLOAD_ERROR, MP4_STOP, RESULT = 306, 307, 308, 310, 0
-MAX_STREAMS = 25
 FINAL_UPLOAD_TIMEOUT = 3600.0  # keep the Pod (and its spool) alive this long for a storage outage
+# After the room, the last files get this long before 305 says "ended with files still waiting" (1).
+UPLOAD_GRACE_SECONDS = 30.0
+PRESIGNED_URL_SECONDS = 7 * 24 * 3600  # the longest an S3 (SigV4) presigned URL may live
+STREAM_LIMIT_CONDITION = "StreamLimitReached"
 
 
 @dataclass
@@ -61,9 +68,8 @@ class TrackRecording:
 class RecorderState:
     published: dict[str, RemoteTrack] = field(default_factory=dict)  # track_id -> track
     recordings: dict[tuple[str, str, str], TrackRecording] = field(default_factory=dict)
-    playlists: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> file record
-    file_info_sent: bool = False
     last_anchor_seen: float = field(default_factory=time.monotonic)
+    left_out: tuple[str, ...] = ()  # streams beyond the limit, as "user/main"
 
 
 def stream_key(track: RemoteTrack) -> tuple[str, str, str]:
@@ -92,6 +98,12 @@ class RecordingSession:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.conn: RoomConnection | None = None
         self.spec_changed = asyncio.Event()
+        self.formats = {str(f) for f in spec.output.formats}
+        self.ledger = FileLedger(keep_hls="hls" in self.formats)
+        self.max_streams = int(os.environ.get("CAPSTAN_MAX_STREAMS", MAX_STREAMS_PER_ROOM))
+        self.upload_grace = float(os.environ.get("CAPSTAN_UPLOAD_GRACE_SECONDS", UPLOAD_GRACE_SECONDS))
+        self._also_on_stored = uploader.on_stored
+        uploader.on_stored = self._on_stored
 
     # --- events to the outbox -------------------------------------------------------------
 
@@ -99,22 +111,54 @@ class RecordingSession:
         self.worker.emit(event_type, payload)
 
     def _on_first_segment(self, first: FirstSegment) -> None:
-        """Writer thread: a stream's first segment and playlist are on their way (307, first 304)."""
-        record = {"fileName": first.playlist_key, "userId": first.user_id, "trackType": first.track_type,
-                  "mediaId": None, "beginTimeStamp": first.begin_timestamp_ms, "status": "uploaded"}
-        self.state.playlists[first.playlist_key] = record
-        self.emit(FILE_SLICE, {"FileName": first.playlist_name, "UserId": first.user_id,
-                               "TrackType": first.track_type, "BeginTimeStamp": first.begin_timestamp_ms})
-        if not self.state.file_info_sent:
-            self.state.file_info_sent = True
-            self.emit(FILE_INFO, {"FileList": first.playlist_name})
+        """Writer thread: a stream's first segment and playlist are on their way to storage."""
+        media = naming.parse_name(first.playlist_name).media_id
+        kept = KeptFile(first.playlist_key, first.user_id, first.track_type, str(media) if media else None,
+                        first.begin_timestamp_ms)
+        self._announce(self.ledger.playlist(kept))
         self.worker.report(files=self._files())
+
+    def _on_stored(self, key: str, size: int) -> None:
+        """Uploader thread: ``key`` is stored (a stat confirmed it)."""
+        if self._also_on_stored is not None:
+            self._also_on_stored(key, size)
+        announced = self.ledger.stored(key, size)
+        if announced:
+            self._announce(announced)
+            self.worker.report(files=self._files())
+
+    def _announce(self, announcements: list[Announcement]) -> None:
+        """A playlist is stored: 307 for it, and 304 when it is the task's first (seed 002)."""
+        for a in announcements:
+            f = a.file
+            self.emit(FILE_SLICE, {"FileName": f.name, "UserId": f.user_id, "TrackType": f.track_type,
+                                   "BeginTimeStamp": f.begin_timestamp_ms})
+            if a.first:
+                self.emit(FILE_INFO, {"FileList": f.name})
 
     def on_upload_error(self, code: str, message: str) -> None:
         self.emit(UPLOAD_ERROR, {"Code": code, "Message": message})
 
-    def _files(self, extra: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        return sorted(self.state.playlists.values(), key=lambda f: f["fileName"]) + (extra or [])
+    def _files(self) -> list[dict[str, Any]]:
+        """status.files: what the user keeps, each marked uploaded only once it is stored."""
+        base = self.spec.storage.public_base_url
+        return [f.to_status(self._public_url(base, f.key) if base and f.stored else None) for f in self.ledger.files()]
+
+    @staticmethod
+    def _public_url(base: str, key: str) -> str:
+        return f"{base.rstrip('/')}/{urllib.parse.quote(key)}"
+
+    def _record_url(self, key: str) -> str:
+        """RecordFile of the result body: under the storage's public base URL, else presigned."""
+        base = self.spec.storage.public_base_url
+        if base:
+            return self._public_url(base, key)
+        try:
+            return str(self.s3.presigned_get_object(self.bucket, key,
+                                                    expires=datetime.timedelta(seconds=PRESIGNED_URL_SECONDS)))
+        except Exception as exc:  # noqa: BLE001 - the file is still there; say where
+            log.warning("no presigned URL for %s: %s", key, exc)
+            return key
 
     # --- the recording loop -----------------------------------------------------------------
 
@@ -201,31 +245,63 @@ class RecordingSession:
         self._apply_subscriptions()
 
     def _apply_subscriptions(self) -> None:
-        """Record exactly the published tracks the spec wants (also after a live spec change)."""
+        """Record exactly the published tracks the spec wants (also after a live spec change), at most
+        ``max_streams`` streams at a time: an anchor's main or aux stream (its audio and video) counts
+        once, a stream that ended frees its place, and one beyond the limit is reported, first come
+        first served (seed 002: up to 25 streams in a room)."""
         want = {t.track_id: t for t in self.state.published.values() if wanted(self.spec, t)}
         for rec in list(self.state.recordings.values()):
-            running = rec.task is not None and not rec.task.done()
-            if running and rec.track.track_id not in want:
+            if _running(rec) and rec.track.track_id not in want:
                 assert rec.task is not None
                 rec.task.cancel()
-        for track in want.values():
+        places = {_place(r.track) for r in self.state.recordings.values()
+                  if _running(r) and r.track.track_id in want}
+        left_out: list[str] = []
+        for track in want.values():  # in publishing order
             existing = self.state.recordings.get(stream_key(track))
-            if existing is not None and existing.task is not None and not existing.task.done() \
-                    and existing.track == track:
+            if existing is not None and _running(existing) and existing.track == track:
                 continue
+            if _place(track) not in places and len(places) >= self.max_streams:
+                left_out.append("/".join(_place(track)))
+                continue
+            places.add(_place(track))
             if existing is None:
-                if len(self.state.recordings) >= MAX_STREAMS * 2:
-                    log.warning("not recording %s: limit of %s streams reached", track, MAX_STREAMS)
-                    continue
                 existing = self._new_recording(track)
                 self.state.recordings[stream_key(track)] = existing
             existing.track = track
             existing.task = asyncio.ensure_future(self._record(existing))
-        recording = any(r.task is not None and not r.task.done() for r in self.state.recordings.values())
-        anchors = sorted({t.user_id for t in want.values()})
-        self.worker.report(phase="recording" if recording else "idle", anchors=anchors,
-                           message=f"attempt {self.ctx.attempt}: recording {len(want)} tracks of "
-                                   f"{len(anchors)} anchors")
+        self._report_left_out(tuple(sorted(set(left_out))))
+        anchors = sorted({user for user, _ in places})
+        message = f"attempt {self.ctx.attempt}: recording {len(places)} streams of {len(anchors)} anchors"
+        if self.state.left_out:
+            message += f"; not recorded (limit of {self.max_streams} streams): {', '.join(self.state.left_out)}"
+        self.worker.report(phase="recording" if places else "idle", anchors=anchors, message=message)
+
+    def _report_left_out(self, left_out: tuple[str, ...]) -> None:
+        """Streams beyond the limit: a condition on the resource (and the status message), never silence."""
+        if left_out == self.state.left_out:
+            return
+        self.state.left_out = left_out
+        if left_out:
+            log.warning("not recording %s: %d streams are recorded already (the limit)", left_out, self.max_streams)
+            condition = {"type": STREAM_LIMIT_CONDITION, "status": "True", "reason": "TooManyStreams",
+                         "message": f"{len(left_out)} streams beyond the limit of {self.max_streams} are not "
+                                    f"recorded: {', '.join(left_out)}"[:1000]}
+        else:
+            condition = {"type": STREAM_LIMIT_CONDITION, "status": "False", "reason": "WithinLimit",
+                         "message": f"every wanted stream is recorded (limit {self.max_streams})"}
+        assert self.loop is not None
+        self.loop.run_in_executor(None, self._set_condition, condition)
+
+    def _set_condition(self, condition: dict[str, Any]) -> None:
+        """Replace our condition type in status.conditions, keeping the operator's."""
+        try:
+            current = (self.worker.resource.get().get("status") or {}).get("conditions") or []
+        except Exception as exc:  # noqa: BLE001 - reported in the message anyway
+            log.warning("could not read the conditions: %s", exc)
+            return
+        condition = {**condition, "lastTransitionTime": now(), "observedGeneration": self.worker.generation}
+        self.worker.report(conditions=[c for c in current if c.get("type") != condition["type"]] + [condition])
 
     def _new_recording(self, track: RemoteTrack) -> TrackRecording:
         names = StreamNames.single(self.spec.room.sdk_app_id, self.room_id, track.user_id, track.media_id.value,
@@ -266,55 +342,119 @@ class RecordingSession:
     # --- after the room ---------------------------------------------------------------------
 
     def finish(self, reason: LeaveReason) -> int:
-        """Leave event, MP4/MP3, the final upload and the result body. Returns the exit code."""
+        """Leave event, the last uploads, MP4/MP3 and the result body. Returns the exit code.
+
+        305 follows seed 002: 0 when everything is stored; 1 when the task ended with files still
+        waiting (after ``upload_grace``), then 2 once those were stored after all.
+        """
         self.emit(RECORDER_STOP, {"LeaveCode": LEAVE_CODES[reason]})
-        self.worker.report(stopTime=now(), anchors=[])
-        formats = {str(f) for f in self.spec.output.formats}
-        made: list[dict[str, Any]] = []
-        mp4_status = 0
-        if formats & {"mp4", "mp3"}:
-            self.worker.report(phase="transcode", message="making MP4/MP3 from the stored segments")
-            if not self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT):
-                mp4_status = 2
-            try:
-                made = [r.to_dict() | {"fileName": r.key, "status": "uploaded"} for r in self._transcode(formats)]
-            except Exception as exc:  # noqa: BLE001 - HLS is kept; say what failed
-                log.exception("transcode failed")
-                mp4_status = 2
-                self.worker.report(result={"errorCode": "TranscodeFailed", "errorMessage": str(exc)[:500]})
-        self.worker.report(phase="upload", message="uploading the last files")
-        stored = self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT)
-        if formats & {"mp4", "mp3"}:
-            self.emit(MP4_STOP, {"Status": mp4_status if stored else 1,
-                                 "FileList": [Path(f["fileName"]).name for f in made]})
-        self.emit(UPLOAD_STOP, {"Status": 0 if stored else 1})
-        files = self._files(made)
+        self.worker.report(stopTime=now(), anchors=[], phase="upload", message="storing the last segments")
+        stored = self.uploader.flush(timeout=self.upload_grace)
+        late = not stored
+        if late:
+            self._note_waiting()
+            self.emit(UPLOAD_STOP, {"Status": 1})
+            self.worker.report(files=self._files(), message="storage unreachable: the files wait on local disk")
+            stored = self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT)
+        if self.formats & {"mp4", "mp3"}:
+            stored = self._make_files(segments_stored=stored)
+        if not stored:
+            self._note_waiting()
+        if late:
+            if stored:
+                self.emit(UPLOAD_STOP, {"Status": 2})
+        else:
+            self.emit(UPLOAD_STOP, {"Status": 0 if stored else 1})
+        files = self._files()
         self.worker.report(files=files, message=f"stopped ({reason.value}); {len(files)} files")
-        self.emit(RESULT, self._result_body(files, stored))
+        self.emit(RESULT, self._result_body())
         return 0 if stored else 1
 
-    def _transcode(self, formats: set[str]) -> list[finalizing.FileRecord]:
+    def _make_files(self, *, segments_stored: bool) -> bool:
+        """MP4/MP3 from every stored segment, then 310; without HLS in the formats the segments and
+        playlists are removed once the MP4s/MP3s are stored. Returns whether everything is stored."""
+        self.worker.report(phase="transcode", message="making MP4/MP3 from the stored segments")
+        status, made = 0, []
+        if segments_stored:
+            try:
+                made = self._transcode()
+            except Exception as exc:  # noqa: BLE001 - the segments are kept; say what failed
+                log.exception("transcode failed")
+                status = 2
+                self.worker.report(result={"errorCode": "TranscodeFailed", "errorMessage": str(exc)[:500]})
+            if any(f.error for f in self.ledger.files()):
+                status = 2
+        else:
+            status = 2  # the segments never reached the storage the MP4s are made from
+        self.worker.report(phase="upload", message="uploading the MP4/MP3 files")
+        stored = self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT)
+        if status == 0 and not stored:
+            status = 1
+        self.emit(MP4_STOP, {"Status": status, "FileList": [r.file_name for r in made]})
+        if status == 0 and "hls" not in self.formats:
+            self._remove_hls()
+        return stored
+
+    def _note_waiting(self) -> None:
+        code, message = self.uploader.stats.last_error or ("Unknown", "not stored yet")
+        self.ledger.waiting(self.uploader.pending(), f"write to storage failed: {code}: {message}"[:500])
+
+    def _task_objects(self) -> list[str]:
+        """Object keys of this task's single-stream segments and playlists (all attempts)."""
+        prefix = naming.object_key("", prefix=self.spec.output.prefix, task_id=self.ctx.task_id)
+        return [o.object_name for o in self.s3.list_objects(self.bucket, prefix=prefix, recursive=True)
+                if o.object_name.endswith((".ts", ".m3u8")) and naming.USER_START in o.object_name]
+
+    def _transcode(self) -> list[finalizing.FileRecord]:
         """Download every segment of this task (all attempts) and make the MP4s/MP3s from them."""
         source = self.work / "stored"
-        prefix = naming.object_key("", prefix=self.spec.output.prefix, task_id=self.ctx.task_id)
         paths = []
-        for obj in self.s3.list_objects(self.bucket, prefix=prefix, recursive=True):
-            if obj.object_name.endswith(".ts") and naming.USER_START in obj.object_name:
-                local = source / Path(obj.object_name).name
+        for key in self._task_objects():
+            if key.endswith(".ts"):
+                local = source / Path(key).name
                 local.parent.mkdir(parents=True, exist_ok=True)
-                self.s3.fget_object(self.bucket, obj.object_name, str(local))
+                self.s3.fget_object(self.bucket, key, str(local))
                 paths.append(local)
         return finalizing.finalize(
             paths, self.work / "final", uploader=self.uploader, key_prefix=self.spec.output.prefix,
-            task_id=self.ctx.task_id, mp4="mp4" in formats, mp3="mp3" in formats,
-            mp4_max_bytes=self.spec.output.mp4_max_bytes, mp4_max_seconds=self.spec.output.mp4_max_seconds)
+            task_id=self.ctx.task_id, mp4="mp4" in self.formats, mp3="mp3" in self.formats,
+            mp4_max_bytes=self.spec.output.mp4_max_bytes, mp4_max_seconds=self.spec.output.mp4_max_seconds,
+            on_made=lambda r: self.ledger.add(KeptFile(r.key, r.user_id, r.track_type, r.media_id,
+                                                       r.begin_timestamp_ms, r.size, r.duration)),
+            on_failed=lambda key, why: self.ledger.add(KeptFile(
+                key, naming.parse_name(key).user_id, "audio" if key.endswith(".mp3") else "audio_video", None, 0,
+                error=f"transcoding failed: {why}"[:500])))
 
-    def _result_body(self, files: list[dict[str, Any]], stored: bool) -> dict[str, Any]:
-        """The single-stream function's result (seed 000/001): one entry per file with Status/Message."""
+    def _remove_hls(self) -> None:
+        """``output.formats`` without hls: the segments served as the durable intermediate only."""
+        from minio.deleteobjects import DeleteObject
+
+        keys = self._task_objects()
+        try:
+            errors = list(self.s3.remove_objects(self.bucket, [DeleteObject(k) for k in keys]))
+        except Exception as exc:  # noqa: BLE001 - the MP4s are stored; stray segments are not fatal
+            log.warning("could not remove the HLS objects: %s", exc)
+            return
+        for error in errors:
+            log.warning("could not remove %s: %s", getattr(error, "name", "?"), error)
+        log.info("removed %d HLS objects (output.formats has no hls)", len(keys) - len(errors))
+
+    def _result_body(self) -> dict[str, Any]:
+        """The single-stream function's result (seed 000/001): per file a URL, Status (1 stored, 0 not)
+        and Message (why not)."""
         room = self.spec.room
         return {
             "SdkAppId": str(room.sdk_app_id), "RoomId": str(room.room_id or ""), "StrRoomId": room.str_room_id or "",
             "UserId": self.spec.recorder_user_id, "TaskId": self.ctx.task_id,
-            "Files": [{"UserId": f.get("userId"), "RecordFile": f["fileName"], "Status": 1 if stored else 0,
-                       "Message": "success" if stored else "write to storage failed"} for f in files],
+            "Files": [{"UserId": f.user_id, "RecordFile": self._record_url(f.key), "Status": 1 if f.stored else 0,
+                       "Message": f.result_message()} for f in self.ledger.files()],
         }
+
+
+def _running(rec: TrackRecording) -> bool:
+    return rec.task is not None and not rec.task.done()
+
+
+def _place(track: RemoteTrack) -> tuple[str, str]:
+    """What counts against the stream limit: an anchor's main or aux stream."""
+    return (track.user_id, str(track.media_id))
