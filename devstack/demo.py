@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"anchor {user!r} publishes colour {color} and a {tone:.0f} Hz tone in {backend} room {room!r}")
 
     logs = Path(tempfile.mkdtemp(prefix="capstan-demo-"))
-    runner = PodRunner(kubeconfig=stack.kubeconfig)
+    runner = PodRunner(kubeconfig=stack.kubeconfig, namespace_prefix=namespace)
     runner.start()
     operator = OperatorProcess(namespace, {**os.environ, "CAPSTAN_METRICS_PORT": "0",
                                            "CAPSTAN_RECONCILE_INTERVAL": "1", **server.worker_env()},

@@ -1179,10 +1179,15 @@ class PodRunner:
         namespace: str | None = None,
         node_name: str = NODE_NAME,
         stop_grace: float = 5.0,
+        namespace_prefix: str = "",
     ):
         self.kubeconfig = str(kubeconfig or os.environ.get("KUBECONFIG") or Path.home() / ".kube" / "config")
         self.state_dir = Path(state_dir or default_state_dir())
         self.namespace = namespace
+        # Several test sessions (pytest-xdist workers, engineers side by side) share one API server and
+        # node name: each runner runs only the Pods of its own namespaces, or one that stops would take
+        # another session's Pods down with it.
+        self.namespace_prefix = namespace_prefix
         self.node_name = node_name
         self.stop_grace = stop_grace
         self.runner_id = f"{socket.gethostname()}/{os.getpid()}/{_proc_starttime(os.getpid())}/{uuid.uuid4().hex[:8]}"
@@ -1439,6 +1444,9 @@ class PodRunner:
             out = self._call("list_pod_for_all_namespaces")
         return out.get("items") or [], out["metadata"]["resourceVersion"]
 
+    def _mine(self, pod: dict) -> bool:
+        return ((pod.get("metadata") or {}).get("namespace") or "").startswith(self.namespace_prefix)
+
     def _watch_stream(self, rv: str) -> Iterator[dict]:
         from kubernetes.watch.watch import iter_resp_lines
 
@@ -1467,6 +1475,7 @@ class PodRunner:
             try:
                 if not rv:
                     items, rv = self._list()
+                    items = [p for p in items if self._mine(p)]
                     seen = set()
                     for pod in items:
                         # List items lack kind/apiVersion; nothing here needs them.
@@ -1491,6 +1500,8 @@ class PodRunner:
                     new_rv = (obj.get("metadata") or {}).get("resourceVersion")
                     if new_rv:
                         rv = new_rv
+                    if not self._mine(obj):
+                        continue
                     if etype in ("ADDED", "MODIFIED"):
                         self._handle(obj)
                     elif etype == "DELETED":

@@ -39,6 +39,10 @@ from devstack.stack import StackEnv, ensure_up
 
 STACK_FIXTURES = frozenset({"stack", "kube_api", "namespace", "s3", "bucket", "janus", "livekit"})
 
+# This session's namespaces start with this; its pod runner runs only their Pods (another session on
+# the same stack -- a pytest-xdist worker, another engineer -- has its own).
+SESSION_NAMESPACE_PREFIX = f"t{uuid.uuid4().hex[:4]}-"
+
 # Default (connect, read) timeout for API requests that do not pass their own _request_timeout.
 KUBE_TIMEOUT = (5.0, 60.0)
 
@@ -159,7 +163,7 @@ def _unique_name(prefix: str, hint: str, max_len: int) -> str:
 def namespace(kube_api: Any, request: pytest.FixtureRequest) -> Iterator[str]:
     from kubernetes import client
 
-    name = _unique_name("t", request.node.name.removeprefix("test_"), 63)
+    name = _unique_name(SESSION_NAMESPACE_PREFIX.rstrip("-"), request.node.name.removeprefix("test_"), 63)
     core = client.CoreV1Api(kube_api)
     meta = client.V1ObjectMeta(name=name, labels={"capstan-test": "1"})
     core.create_namespace(client.V1Namespace(metadata=meta))

@@ -25,8 +25,9 @@ def crds(kube_api) -> list[str]:
 @pytest.fixture(scope="session")
 def pod_runner(stack) -> Iterator[Any]:
     from devstack.podrunner import PodRunner
+    from devstack.pytest_plugin import SESSION_NAMESPACE_PREFIX
 
-    runner = PodRunner(kubeconfig=stack.kubeconfig)
+    runner = PodRunner(kubeconfig=stack.kubeconfig, namespace_prefix=SESSION_NAMESPACE_PREFIX)
     runner.start()
     yield runner
     runner.stop()
