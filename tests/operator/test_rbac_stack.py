@@ -4,6 +4,7 @@ task is deleted, and the API server refuses it nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -95,7 +96,12 @@ def test_operator_runs_tasks_as_the_charts_service_account(chart_operator, tasks
     wait_for(lambda: gone(tasks, "alpha"), 60, what="finished task deleted")
     assert children_of(tasks, "alpha") == []
 
-    assert forbidden_lines(op.log()) == [], op.log()[-3000:]
+    refused = forbidden_lines(op.log())
+    if not namespaced:
+        # The test's operator watches only its namespace (the API server is shared), so kopf lists
+        # namespaces, which the chart's cluster-wide operator (no --namespace) never does.
+        refused = [line for line in refused if '"namespaces" in API group "" at the cluster scope' not in line]
+    assert refused == [], "\n".join(refused[:5])
 
 
 def test_the_worker_token_cannot_update_or_read_status_only_patch(chart_operator, tasks, namespace):
@@ -136,7 +142,7 @@ def test_worker_pods_pass_the_restricted_pod_security_level(operator, tasks, nam
     plain = {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
     with pytest.raises(ApiException) as err:
         tasks.core.create_namespaced_pod(namespace, plain, dry_run="All", _request_timeout=30)
-    assert err.value.status == 403 and 'violates PodSecurity "restricted:latest"' in err.value.body
+    assert err.value.status == 403 and 'violates PodSecurity "restricted:latest"' in json.loads(err.value.body)["message"]
     tasks.create(recording("strict"))
     st = tasks.wait_phase("strict", "idle", timeout=90)
     assert st["attempt"] == 1 and st["failovers"] == 0
