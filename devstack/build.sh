@@ -92,15 +92,15 @@ k8s_version_ldflags() {
   printf '%s' "$flags"
 }
 
-# go_install NAME PACKAGE VERSION: `go install PACKAGE@VERSION`, the binary (named after the
-# package's last path element) moved to the cache as NAME-VERSION.
+# go_install NAME PACKAGE VERSION [EXTRA_LDFLAGS]: `go install PACKAGE@VERSION`, the binary
+# (named after the package's last path element) moved to the cache as NAME-VERSION.
 go_install() {
-  local name=$1 pkg=$2 version=$3
+  local name=$1 pkg=$2 version=$3 ldflags="-s -w ${4:-}"
   local out=$bin/$name-$version
   [ -x "$out" ] && return 0
   log "building $name $version (first run only; several minutes on 2 cores)"
   local gobin=$work/gobin-$name-$version
-  GOBIN=$gobin go install -trimpath -ldflags='-s -w' "$pkg@$version"
+  GOBIN=$gobin go install -trimpath -ldflags="$ldflags" "$pkg@$version"
   mv "$gobin/$(basename "$pkg")" "$out"
   log "built $out"
 }
@@ -110,8 +110,15 @@ build_minio() { go_install minio github.com/minio/minio "$MINIO_VERSION"; }
 # is ./cmd/server, so `go install` leaves a binary named `server` (renamed by go_install).
 # Pinned to v1.13.5: see versions.env.
 build_livekit() { go_install livekit-server github.com/livekit/livekit-server/cmd/server "$LIVEKIT_VERSION"; }
-build_helm() { go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"; }
-build_promtool() { go_install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION"; }
+# stamped as helm's release build does (`helm version` says v3.22.0, not v3.22)
+build_helm() {
+  go_install helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION" "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+# stamped with the Go module version (Prometheus tags its module v0.3XX.Y for release 3.XX.Y)
+build_promtool() {
+  go_install promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" \
+    "-X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION"
+}
 
 targets=${*:-etcd kube_apiserver minio livekit helm promtool}
 for t in $targets; do "build_$t"; done
