@@ -263,7 +263,7 @@ def build(timeout: float = BUILD_TIMEOUT) -> None:
     """Run devstack/build.sh (a no-op when the binaries exist), with progress lines."""
     missing = [name for name, path in binaries().items() if not os.access(path, os.X_OK)]
     if missing:
-        log(f"building {', '.join(missing)} into {cache_dir() / 'bin'} (first run only; can take 10-20 min)")
+        log(f"building {', '.join(missing)} into {cache_dir() / 'bin'} (first run only; can take 30-40 min)")
     started = time.monotonic()
     proc = subprocess.Popen(["bash", str(HERE / "build.sh")], stdin=subprocess.DEVNULL)
     last_note = started
