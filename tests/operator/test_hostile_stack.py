@@ -8,6 +8,7 @@ a packet leaving the machine."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -235,3 +236,23 @@ def test_a_worker_cannot_get_its_own_events_signed(operator, tasks, namespace, r
 @pytest.fixture
 def tasks(kube_api, namespace):
     return Tasks(kube_api, namespace).create_credentials()
+
+
+def test_credentials_in_the_room_url_stay_out_of_status_and_events(operator_factory, tasks, janus):
+    """A worker that cannot join reports why, but a password in `room.url` never reaches
+    `kubectl get`, `status` or Events."""
+    from devstack.rooms import RoomServer
+
+    server = RoomServer.from_stack("janus", janus)
+    operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media", CAPSTAN_MAX_FAILOVERS="0",
+                     **server.worker_env())
+    url = server.url.replace("://", "://recorder:hunter2@", 1)
+    tasks.core.create_namespaced_secret(tasks.ns, {"metadata": {"name": "janus-room", **USE}, "stringData": {}},
+                                        _request_timeout=30)
+    tasks.create(recording("creds", room={**ROOM, "backend": "janus", "url": url, "roomId": None,
+                                          "strRoomId": "no-such-room", "credentialsSecretRef": {"name": "janus-room"}}))
+    st = tasks.wait_phase("creds", "failed", timeout=120)
+    messages = [m for _, m in tasks.events("creds")]
+    assert any("could not join room 'no-such-room'" in m for m in messages) or "could not join" in str(st), st
+    assert "hunter2" not in json.dumps(st) and not any("hunter2" in m for m in messages)
+    assert "recorder@" not in json.dumps(st)
