@@ -36,11 +36,14 @@ lint: venv
 unit: venv
 	@$(PY) -m pytest -m 'not stack' -q
 
-# The whole suite against the real local stack (built on first run, reused after).
+# The whole suite against the real local stack (built on first run, reused after). Most stack tests
+# wait on real time (rooms, failovers, timeouts), so they run in parallel sessions: each has its own
+# namespaces, buckets and pod runner (TEST_WORKERS=1 for a serial run).
+TEST_WORKERS ?= 3
 test: stack-up
 	@$(PY) -m ruff check capstan devstack tests bench
 	@$(PY) -m mypy
-	@$(PY) -m pytest -q
+	@$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # ROOM=janus records a Janus VideoRoom instead of a LiveKit room.
 ROOM ?= livekit
