@@ -742,29 +742,9 @@ class JanusBackend:
                 log.info("participant %s is still in room %s (a dead attempt's session); waiting", identity, room)
                 await asyncio.sleep(2.0)
 
-    async def _join(self, url: str, room: str, identity: str, token: str) -> JanusConnection:
-        session = await JanusSession.create(url or self.url)
-        try:
-            listener = await session.attach()
-            body: dict[str, Any] = {"request": "join", "ptype": "publisher", "room": room, "id": identity,
-                                    "display": identity}
-            if token:
-                body["pin"] = token
-            data, _ = await listener.message(body)
-            if data.get("videoroom") != "joined":
-                raise JanusError(0, f"unexpected answer to join: {data}")
-        except BaseException:
-            await session.destroy()
-            raise
-        conn = JanusConnection(session, listener, room, identity, data.get("private_id"), self.host_address)
-        conn.pin = token
-        conn.start(data.get("publishers", []))
-        return conn
-
-    async def publish(self, url: str, room: str, identity: str, token: str) -> Any:
-        """Join `room` as publisher `identity` (capstan.rooms.janus_publisher.JanusPublisher)."""
-        from capstan.rooms.janus_publisher import JanusPublisher
-
+    async def _enter(self, url: str, room: str, identity: str, token: str
+                     ) -> tuple[JanusSession, JanusHandle, dict[str, Any]]:
+        """A session whose VideoRoom handle joined `room` as publisher-type participant `identity`."""
         session = await JanusSession.create(url or self.url)
         try:
             handle = await session.attach()
@@ -778,6 +758,20 @@ class JanusBackend:
         except BaseException:
             await session.destroy()
             raise
+        return session, handle, data
+
+    async def _join(self, url: str, room: str, identity: str, token: str) -> JanusConnection:
+        session, listener, data = await self._enter(url, room, identity, token)
+        conn = JanusConnection(session, listener, room, identity, data.get("private_id"), self.host_address)
+        conn.pin = token
+        conn.start(data.get("publishers", []))
+        return conn
+
+    async def publish(self, url: str, room: str, identity: str, token: str) -> Any:
+        """Join `room` as publisher `identity` (capstan.rooms.janus_publisher.JanusPublisher)."""
+        from capstan.rooms.janus_publisher import JanusPublisher
+
+        session, handle, _ = await self._enter(url, room, identity, token)
         return JanusPublisher(session, handle, self.host_address)
 
     async def _admin(self, body: dict[str, Any]) -> dict[str, Any]:
