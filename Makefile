@@ -28,6 +28,7 @@ stack-env: venv
 
 crds: venv
 	@$(PY) -m capstan.api.crdgen crds
+	@cp crds/capstan.dev_*.yaml charts/capstan/crds/
 
 lint: venv
 	@$(PY) -m ruff check capstan devstack tests bench
