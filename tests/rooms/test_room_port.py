@@ -5,6 +5,7 @@ main from aux, and learns why it left (removed, room closed, replaced by the sam
 from __future__ import annotations
 
 import asyncio
+import fractions
 import time
 import uuid
 from collections.abc import Awaitable
@@ -124,6 +125,66 @@ def test_the_same_identity_joining_again_replaces_the_recorder(livekit: Any) -> 
             assert seen[-1] == Left(LeaveReason.replaced)
             await second.leave()
         finally:
+            await control.close_room(room)
+            await control.aclose()
+
+    run(scenario())
+
+
+def h264_access_units(width: int, height: int, fps: int, seconds: float) -> list[tuple[bytes, bool]]:
+    """A moving bar encoded as H.264 Annex B without B-frames and a keyframe a second (what a
+    pass-through push sends); SPS/PPS repeat at each keyframe, so a late subscriber can start."""
+    import av
+    import numpy as np
+
+    codec = av.CodecContext.create("libx264", "w")
+    codec.width, codec.height, codec.pix_fmt = width, height, "yuv420p"
+    codec.time_base = fractions.Fraction(1, fps)
+    codec.options = {"tune": "zerolatency", "preset": "ultrafast", "bf": "0",
+                     "x264-params": f"keyint={fps}:repeat-headers=1"}
+    units: list[tuple[bytes, bool]] = []
+    for n in range(int(fps * seconds)):
+        rgb = np.zeros((height, width, 3), dtype=np.uint8)
+        rgb[:, :, 0] = 200
+        rgb[:, (n * 8) % width:, 1] = 120
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        frame.pts = n
+        units += [(bytes(p), p.is_keyframe) for p in codec.encode(frame)]
+    units += [(bytes(p), p.is_keyframe) for p in codec.encode(None)]
+    return units
+
+
+@pytest.mark.parametrize("room_server", ["livekit"], indirect=True)
+def test_pre_encoded_h264_reaches_a_subscriber_without_re_encoding(room_server: Any) -> None:
+    """LiveKit takes pre-encoded H.264 (the pusher's pass-through): 1280x720 arrives as sent."""
+    units = h264_access_units(1280, 720, 30, 3.0)
+
+    async def scenario() -> None:
+        room, control = await room_of(room_server)
+        pub = await room_server.publisher(room, "pusher")
+        try:
+            assert pub.accepts_encoded_h264
+            out = await pub.add_video(MediaId.MAIN, 1280, 720, encoded_h264=True)
+            await pub.start()
+            conn = await join(room_server, room)
+            events = conn.events().__aiter__()
+            seen = await next_events(events, lambda s: len(published(s)) >= 1)
+            video = track_of(seen, "pusher", TrackKind.VIDEO)
+
+            async def send() -> None:
+                start = time.time()
+                for n, (data, key) in enumerate(units * 3):
+                    assert out.write_encoded(data, keyframe=key, time=start + n / 30)
+                    await asyncio.sleep(max(0.0, start + (n + 1) / 30 - time.time()))
+
+            sender = asyncio.create_task(send())
+            got = await frames(conn.subscribe(video), 30, timeout=20)
+            sender.cancel()
+            assert {(t.frame.width, t.frame.height) for t in got[-10:]} == {(1280, 720)}
+            assert abs(mean_rgb(got[-1])[0] - 200) < 20  # the red of the source
+            await conn.leave()
+        finally:
+            await pub.leave()
             await control.close_room(room)
             await control.aclose()
 
