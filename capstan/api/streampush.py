@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 
 from pydantic import ConfigDict, Field
 
@@ -25,6 +25,20 @@ class PushMode(StrEnum):
     live = "live"
 
 
+class PushEvent(IntEnum):
+    """Callback event types of a push (EventGroupId 3, after the recorder's 301–312; seed 004 names none)."""
+
+    start = 401  # pushing began: {Mode, PositionMs, DurationMs}
+    resume = 402  # pushing continues from saved progress: {PositionMs, From: status|redis, Attempt}
+    stop = 403  # pushing ended: {Status: 0 source ended | 1 stopped | 2 failed, PositionMs, Reason}
+
+
+class PushStopStatus(IntEnum):
+    ended = 0
+    stopped = 1
+    failed = 2
+
+
 class StreamPushSpec(CamelModel):
     """Desired push. `resume` continues a vod file from the last saved position."""
 
@@ -45,6 +59,9 @@ class StreamPushSpec(CamelModel):
         None, alias="redisSecretRef",
         description="Secret key holding a redis:// URL; progress is then also kept in Redis (seed's Redis=true).")
     loop: bool = Field(False, description="Start the file again when it ends (vod).")
+    live_reconnect_seconds: int = Field(
+        30, alias="liveReconnectSeconds", ge=0, le=3600,
+        description="How long a dropped live source is reconnected (with backoff) before the push fails.")
     callback: CallbackSpec | None = Field(None, description=CallbackSpec.__doc__)
     stop: bool = Field(False, description="Set true to stop pushing.")
 
@@ -59,9 +76,12 @@ class StreamPushSpec(CamelModel):
 
 
 class PushProgress(CamelModel):
-    """Where the push is in its source, saved at least every 5 s."""
+    """Where the push is in its source, saved every second while pushing."""
 
-    position_seconds: float = Field(0, alias="positionSeconds", description="Seconds of the source pushed.")
+    position_seconds: float = Field(0, alias="positionSeconds",
+                                    description="Position in the source (vod) or seconds pushed (live).")
+    duration_seconds: float | None = Field(None, alias="durationSeconds",
+                                           description="Duration of the source file, when known.")
     updated_at: str | None = Field(None, alias="updatedAt", description="When the position was saved.")
 
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from capstan.api import KindInfo
 from capstan.api.common import TaskEvent
+from capstan.api.streampush import PushEvent
 from capstan.media import naming
 from capstan.storage.client import parse_endpoint
 
@@ -94,13 +95,31 @@ class RecordingResult(_Payload):  # 0: the single-stream function's result body 
     Files: list[ResultFile] = Field(max_length=10000)
 
 
+class PushStart(_Payload):  # 401
+    Mode: Literal["vod", "live"]
+    PositionMs: int = Field(ge=0)
+    DurationMs: int | None = Field(None, ge=0)
+
+
+class PushResume(_Payload):  # 402
+    PositionMs: int = Field(ge=0)
+    From: Literal["status", "redis"]
+    Attempt: int = Field(ge=1)
+
+
+class PushStop(_Payload):  # 403
+    Status: Status012
+    PositionMs: int = Field(ge=0)
+    Reason: Text
+
+
 SHAPES: dict[str, dict[int, type[_Payload]]] = {
     "cloudrecordings": {301: StatusPayload, 302: RecorderStop, 303: StatusPayload, 304: FileInfo,
                         305: StatusPayload, 306: StatusPayload, 307: FileSlice, 308: UploadError,
                         309: ImageDownloadError, 310: Mp4Stop, 311: VodCommit, 312: StatusPayload,
                         RESULT_EVENT: RecordingResult},
-    # The pusher and the web recorder emit nothing yet; add their result shapes here when they do.
-    "streampushes": {},
+    "streampushes": {PushEvent.start: PushStart, PushEvent.resume: PushResume, PushEvent.stop: PushStop},
+    # The web recorder emits nothing yet; add its result shapes here when it does.
     "webrecordings": {},
 }
 

@@ -18,7 +18,8 @@ from capstan.operator import outbox
 
 EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 304: "FileInfo",
                  305: "UploadStop", 306: "Failover", 307: "FileSlice", 308: "UploadError",
-                 309: "ImageDownloadError", 310: "Mp4Stop", 311: "VodCommit", 312: "VodStop", 0: "Result"}
+                 309: "ImageDownloadError", 310: "Mp4Stop", 311: "VodCommit", 312: "VodStop", 0: "Result",
+                 401: "PushStart", 402: "PushResume", 403: "PushStop"}
 WARNING_TYPES = {308, 309}
 
 
