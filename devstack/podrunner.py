@@ -7,7 +7,8 @@ as a local process (the image is ignored; ``python``/``python3`` become the runn
 interpreter so the project's code runs). It resolves the container environment like the
 kubelet (literal values, Secret/ConfigMap refs, downward API, ``envFrom``, ``$(VAR)``
 expansion), hands the Pod its ServiceAccount identity as a kubeconfig holding a token from
-the TokenRequest API, maps emptyDir/Secret/ConfigMap volumes onto local directories, and
+the TokenRequest API, maps emptyDir/Secret/ConfigMap volumes onto local directories (and a
+PersistentVolumeClaim onto a directory of its own that outlives the Pods mounting it), and
 reports phase, container states, exit codes and restarts back to the Pod status. Deletion
 honours the grace period (SIGTERM, wait, SIGKILL) and then removes the Pod object.
 
@@ -20,6 +21,8 @@ Layout of the state directory (default ``${CAPSTAN_STACK_DIR:-~/.cache/capstan/s
     <state>/<namespace>/<pod>/kubeconfig        ServiceAccount kubeconfig (KUBECONFIG)
     <state>/<namespace>/<pod>/serviceaccount/   token, ca.crt, namespace (CAPSTAN_SERVICEACCOUNT_DIR)
     <state>/<namespace>/<pod>/volumes/<name>/   emptyDir / secret / configMap / projected volumes
+    <state>/<namespace>/.claims/<claim>/        a persistentVolumeClaim volume: kept across Pods
+                                                (a new claim of the same name gets a fresh one)
 
 CLI: ``python -m devstack.podrunner [--kubeconfig PATH] [--state-dir DIR] [--namespace NS]``.
 """
@@ -896,6 +899,9 @@ class _PodWorker(threading.Thread):
                 self.volume_dirs[vol["name"]] = d
                 if "emptyDir" in vol:
                     continue
+                if "persistentVolumeClaim" in vol:
+                    self.volume_dirs[vol["name"]] = self._claim_dir(vol["persistentVolumeClaim"].get("claimName", ""))
+                    continue
                 if "secret" in vol:
                     src = vol["secret"]
                     self._write_keys(d, "Secret", src.get("secretName", ""), r._get_secret, src)
@@ -930,6 +936,26 @@ class _PodWorker(threading.Thread):
             self.mounts[c.name] = mounts
         self.volume_error = ""
         self.volumes_ready = True
+
+    def _claim_dir(self, claim: str) -> Path:
+        """The claim's directory, shared by every Pod that mounts it (a spool that outlives attempts).
+
+        Like a kubelet waiting for its volume, a Pod whose claim does not exist waits."""
+        try:
+            pvc = self.runner._call("read_namespaced_persistent_volume_claim", claim, self.ns)
+        except Exception as exc:
+            if _status_code(exc) == 404:
+                raise ContainerConfigError(f'persistentvolumeclaim "{claim}" not found') from None
+            raise ContainerConfigError(f'persistentvolumeclaim "{claim}": {_short(exc)}') from None
+        d = self.runner.state_dir / self.ns / ".claims" / claim
+        uid_file = d / ".claim-uid"
+        uid = pvc["metadata"]["uid"]
+        with contextlib.suppress(OSError):
+            if uid_file.read_text().strip() != uid:
+                shutil.rmtree(d, ignore_errors=True)  # a new claim of an old name starts empty
+        d.mkdir(parents=True, exist_ok=True)
+        uid_file.write_text(uid)
+        return d
 
     def _write_keys(self, d: Path, kind: str, name: str, lookup: Lookup, src: dict) -> None:
         data = lookup(self.ns, name)

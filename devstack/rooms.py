@@ -59,7 +59,8 @@ class RoomServer:
 
     def secret_data(self) -> dict[str, str]:
         """stringData of the `spec.room.credentialsSecretRef` Secret for tasks in rooms of this server."""
-        return {k: v for k, v in self.credentials.items() if k in self.info.credential_keys}
+        keys = set(self.info.credential_keys) | set(self.info.control_keys)  # control keys: failover kicks
+        return {k: v for k, v in self.credentials.items() if k in keys}
 
     def room_spec(self, room: str, sdk_app_id: int, secret: str = "room-credentials") -> dict[str, Any]:
         return {"backend": self.name, "url": self.url, "sdkAppId": sdk_app_id, "strRoomId": room,

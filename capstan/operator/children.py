@@ -30,6 +30,10 @@ def pod_name(info: KindInfo, name: str, attempt: int) -> str:
     return _dns_name(name, info.short_names[0], f"a{attempt}")
 
 
+def spool_claim_name(info: KindInfo, name: str) -> str:
+    return _dns_name(name, info.short_names[0], "spool")
+
+
 def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
@@ -41,8 +45,13 @@ def owner_reference(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def task_label_value(name: str) -> str:
+    """The task label's value: a label value is at most 63 characters, a resource name up to 253."""
+    return _dns_name(name)
+
+
 def task_labels(info: KindInfo, name: str) -> dict[str, str]:
-    return {LABEL_TASK: name, LABEL_KIND: info.plural, LABEL_MANAGED: "capstan"}
+    return {LABEL_TASK: task_label_value(name), LABEL_KIND: info.plural, LABEL_MANAGED: "capstan"}
 
 
 def _meta(info: KindInfo, body: dict[str, Any], name: str) -> dict[str, Any]:
@@ -87,6 +96,17 @@ def role_binding(info: KindInfo, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def spool_claim(info: KindInfo, body: dict[str, Any], config: OperatorConfig) -> dict[str, Any]:
+    """The task's spool: one volume every attempt mounts at /work, so a failover resumes the uploads
+    (and the journal) the dead attempt left. Owned by the task; removed with it."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": config.spool_size}}}
+    if config.spool_storage_class:
+        spec["storageClassName"] = config.spool_storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": _meta(info, body, spool_claim_name(info, body["metadata"]["name"])), "spec": spec}
+
+
 def secret_env(name: str, secret: str, key: str, optional: bool = False) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}}
 
@@ -125,6 +145,8 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
         {"name": "CAPSTAN_TASK_ID", "value": str(status.get("taskId", ""))},
         {"name": "CAPSTAN_ATTEMPT", "value": str(attempt)},
         {"name": "CAPSTAN_WORK_DIR", "value": "/work"},
+        # how long a SIGTERM without stop (drain, eviction) may spend storing the spool before exit
+        {"name": "CAPSTAN_STOP_GRACE_SECONDS", "value": str(config.stop_grace_seconds)},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only; caches go to the tmp volume
         *[{"name": k, "value": v} for k, v in sorted(config.worker_env.items())],
         *(extra_env or []),
@@ -147,6 +169,7 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
                 "resources": config.resources_for(info.worker),
                 "securityContext": CONTAINER_SECURITY_CONTEXT,
             }],
-            "volumes": [{"name": "work", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}],
+            "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": spool_claim_name(info, name)}},
+                        {"name": "tmp", "emptyDir": {}}],
         },
     }

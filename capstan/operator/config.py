@@ -15,12 +15,13 @@ LABEL_TASK = f"{PREFIX}/task"
 LABEL_KIND = f"{PREFIX}/kind"
 LABEL_ATTEMPT = f"{PREFIX}/attempt"
 LABEL_MANAGED = "app.kubernetes.io/managed-by"
-# What a worker Pod may use unless the chart says otherwise (workerResources); the recorder spools
-# segments on its emptyDir, hence the ephemeral-storage bounds.
+# What a worker Pod may use unless the chart says otherwise (workerResources). The spool is on the
+# task's PVC; ephemeral storage holds /tmp and the downloads of the final transcode.
 DEFAULT_WORKER_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "250m", "memory": "256Mi", "ephemeral-storage": "1Gi"},
     "limits": {"memory": "2Gi", "ephemeral-storage": "10Gi"},
 }
+MAX_FAILOVERS = 3  # ha1_..ha3_ (seed 002)
 WORKER_IMAGE_ENV = {"recorder": "CAPSTAN_WORKER_IMAGE_RECORDER", "pusher": "CAPSTAN_WORKER_IMAGE_PUSHER",
                     "panorama": "CAPSTAN_WORKER_IMAGE_PANORAMA"}
 
@@ -40,6 +41,15 @@ class OperatorConfig:
     worker_image: str = "ghcr.io/capstan-dev/capstan-worker:0.1.0"
     worker_python: str = "python"
     stop_grace_seconds: int = 120
+    # Deleting a task waits this long for its worker's final upload (storage down) before the worker,
+    # its spool and whatever still waits there are removed.
+    delete_upload_bound_seconds: int = 3600
+    # The per-task spool (segments not yet stored and the uploader's journal) is a PVC every attempt
+    # mounts; its size and StorageClass ("" = the cluster default).
+    spool_size: str = "10Gi"
+    spool_storage_class: str = ""
+    # A worker Pod Pending longer than this (image pull, unschedulable) fails its task and frees its slot.
+    pending_timeout_seconds: int = 300
     reconcile_interval: float = 2.0
     callback_timeout: float = 5.0
     callback_give_up_seconds: float = 90.0
@@ -65,13 +75,21 @@ class OperatorConfig:
         # Extra env given to every worker (e.g. log level), as CAPSTAN_WORKER_ENV_<NAME>=value.
         worker_env = {k.removeprefix("CAPSTAN_WORKER_ENV_"): v for k, v in os.environ.items()
                       if k.startswith("CAPSTAN_WORKER_ENV_")}
+        max_failovers = _int("CAPSTAN_MAX_FAILOVERS", 3)
+        if not 0 <= max_failovers <= MAX_FAILOVERS:
+            # seed 002 names recovered files ha1_..ha3_ only: a 4th failover would make names nothing reads
+            raise ValueError(f"CAPSTAN_MAX_FAILOVERS must be 0..{MAX_FAILOVERS}, not {max_failovers}")
         return cls(
             max_tasks=_int("CAPSTAN_MAX_TASKS", 100),
             queue_policy=policy,
-            max_failovers=_int("CAPSTAN_MAX_FAILOVERS", 3),
+            max_failovers=max_failovers,
             worker_image=os.environ.get("CAPSTAN_WORKER_IMAGE", cls.worker_image),
             worker_python=os.environ.get("CAPSTAN_WORKER_PYTHON", "python"),
             stop_grace_seconds=_int("CAPSTAN_STOP_GRACE_SECONDS", 120),
+            delete_upload_bound_seconds=_int("CAPSTAN_DELETE_UPLOAD_BOUND_SECONDS", 3600),
+            spool_size=os.environ.get("CAPSTAN_SPOOL_SIZE", "10Gi"),
+            spool_storage_class=os.environ.get("CAPSTAN_SPOOL_STORAGE_CLASS", ""),
+            pending_timeout_seconds=_int("CAPSTAN_PENDING_TIMEOUT_SECONDS", 300),
             reconcile_interval=float(os.environ.get("CAPSTAN_RECONCILE_INTERVAL", "2.0")),
             callback_timeout=float(os.environ.get("CAPSTAN_CALLBACK_TIMEOUT", "5.0")),
             callback_give_up_seconds=float(os.environ.get("CAPSTAN_CALLBACK_GIVE_UP_SECONDS", "90")),

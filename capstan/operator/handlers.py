@@ -19,7 +19,7 @@ import kubernetes
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
 from capstan.api.common import CallbackStatus, Phase, TaskEvent
 from capstan.net.urlpolicy import redact_userinfo
-from capstan.operator import callbacks, children, kube, metrics
+from capstan.operator import callbacks, children, failover, kube, metrics
 from capstan.operator.admission import QueueEntry, queue_position
 from capstan.operator.config import FINALIZER, PREFIX, OperatorConfig
 from capstan.operator.phases import TERMINAL, Action, Decision, PodObservation, PodState, TaskObservation, decide
@@ -84,18 +84,27 @@ def _observe_pod(info: KindInfo, namespace: str, name: str, attempt: int) -> Pod
     if attempt < 1:
         return PodObservation.absent()
     pod = kube.read_pod(namespace, children.pod_name(info, name, attempt))
-    if pod is None or pod["metadata"].get("deletionTimestamp"):
+    if pod is None:
         return PodObservation.absent()
     phase = (pod.get("status") or {}).get("phase", "Pending")
     exit_code, message = None, None
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated")
+        state_of = cs.get("state") or {}
+        term, waiting = state_of.get("terminated"), state_of.get("waiting")
         if term:
             exit_code, message = term.get("exitCode"), term.get("message") or term.get("reason")
-            message = redact_userinfo(message) if message else message
+        elif waiting and phase == "Pending":
+            message = ": ".join(p for p in (waiting.get("reason"), waiting.get("message")) if p)
+        message = redact_userinfo(message) if message else message
     state = {"Pending": PodState.pending, "Running": PodState.running, "Succeeded": PodState.succeeded,
              "Failed": PodState.failed}.get(phase, PodState.pending)
-    return PodObservation(state, attempt=attempt, exit_code=exit_code, message=message)
+    created = pod["metadata"].get("creationTimestamp")
+    pending_for = ((dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(created).replace("Z", "+00:00")))
+                   .total_seconds() if created and state is PodState.pending else 0.0)
+    # A Pod with a deletionTimestamp is shutting down (drain, eviction), not gone: its worker still
+    # stores its open segment and spool; failover waits until it has terminated.
+    return PodObservation(state, attempt=attempt, exit_code=exit_code, message=message,
+                          terminating=bool(pod["metadata"].get("deletionTimestamp")), pending_seconds=pending_for)
 
 
 def _post(body: kopf.Body, event: tuple[str, str, str] | None) -> None:
@@ -150,6 +159,7 @@ def register(info: KindInfo) -> None:
             phase=st.get("phase"), attempt=attempt, failovers=int(st.get("failovers") or 0),
             admitted=admitted, stop_requested=bool(spec.get("stop")), deleting=bool(meta.get("deletionTimestamp")),
             pod=_observe_pod(info, meta["namespace"], meta["name"], attempt), max_failovers=CONFIG.max_failovers,
+            pending_timeout=CONFIG.pending_timeout_seconds,
             callbacks_pending=callbacks.pending_count(_events(st), cb_state))
         decision = decide(obs)
         if decision.action is Action.finish and attempt >= 1:
@@ -160,6 +170,8 @@ def register(info: KindInfo) -> None:
                 decision = decide(dataclasses.replace(obs, callbacks_pending=pending))
         if decision.action is Action.none:
             return
+        if decision.delete_pending_pod:  # it never started a worker: nothing to save
+            kube.delete_pod(meta["namespace"], children.pod_name(info, meta["name"], attempt), grace_seconds=0)
         body_dict = dict(body)
         body_dict["status"] = {**st, **decision.status}
         if decision.action in (Action.create_pod, Action.replace_pod):
@@ -171,9 +183,15 @@ def register(info: KindInfo) -> None:
                     event=("Warning", "InvalidParameter", str(exc)))
         if decision.action in (Action.create_pod, Action.replace_pod):
             if decision.action is Action.replace_pod:
+                # The dead attempt has terminated (or vanished): its spool is on the task's PVC, not in the Pod.
                 kube.delete_pod(meta["namespace"], children.pod_name(info, meta["name"], attempt), grace_seconds=0)
                 metrics.FAILOVERS.labels(info.plural).inc()
+                outcome = failover.remove_dead_identity(
+                    dict(spec), lambda n, k: kube.read_secret_key(meta["namespace"], n, k))
+                kopf.event(body, type="Normal", reason="FailoverIdentity",
+                           message=f"dead attempt's room identity: {outcome}")
             kube.ensure_identity(info, body_dict)
+            kube.ensure_spool(children.spool_claim(info, body_dict, CONFIG))
             for secret in env.secrets:
                 kube.apply_secret(secret)
             created = kube.create_pod(children.worker_pod(info, body_dict, decision.attempt, CONFIG, env.env))
@@ -182,6 +200,9 @@ def register(info: KindInfo) -> None:
             patch.status["workerPod"] = children.pod_name(info, meta["name"], decision.attempt)
         elif decision.action in (Action.finish, Action.fail):
             _callback_state.pop(uid, None)
+            if decision.status.get("phase") == Phase.finished.value:
+                # the last worker exited 0 only with its spool stored; a failed task keeps its spool until deleted
+                kube.delete_spool(info, meta["namespace"], meta["name"])
             if decision.status.get("phase") == Phase.finished.value and cb_state.failed:
                 decision.status["result"] = {"errorCode": "CallbackFailed",
                                              "errorMessage": callbacks.failed_message(cb_state.last_error or "")}
@@ -206,7 +227,9 @@ def register(info: KindInfo) -> None:
         if pod.state in (PodState.pending, PodState.running):
             deleted_at = dt.datetime.fromisoformat(meta["deletionTimestamp"].replace("Z", "+00:00"))
             waited = (dt.datetime.now(dt.UTC) - deleted_at).total_seconds()
-            if pod.state is PodState.pending or waited > CONFIG.stop_grace_seconds:
+            # A running worker stores its last files first (DESIGN §6); only past the documented bound
+            # (CAPSTAN_DELETE_UPLOAD_BOUND_SECONDS) is it stopped with what still waits in its spool.
+            if pod.state is PodState.pending or waited > CONFIG.delete_upload_bound_seconds:
                 kube.delete_pod(ns, children.pod_name(info, name, attempt))
             raise kopf.TemporaryError("waiting for the worker to stop and save its files", delay=1)
         # The worker's last events (302, 305, the result) go out before the resource does; the

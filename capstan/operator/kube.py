@@ -67,6 +67,15 @@ def ensure_identity(info: KindInfo, body: dict[str, Any]) -> None:
     _create(rbac().create_namespaced_role_binding, ns, children.role_binding(info, body))
 
 
+def ensure_spool(claim: dict[str, Any]) -> None:
+    """The task's spool PVC (before its first Pod; every later attempt mounts the same one)."""
+    _create(core().create_namespaced_persistent_volume_claim, claim["metadata"]["namespace"], claim)
+
+
+def delete_spool(info: KindInfo, namespace: str, task: str) -> None:
+    _delete(core().delete_namespaced_persistent_volume_claim, children.spool_claim_name(info, task), namespace)
+
+
 def apply_secret(secret: dict[str, Any]) -> None:
     """Create the per-task Secret, or replace its data (each attempt gets a fresh token)."""
     ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
@@ -94,7 +103,7 @@ def delete_pod(namespace: str, name: str, grace_seconds: int | None = None) -> N
 
 
 def task_pods(info: KindInfo, namespace: str, task: str) -> list[dict[str, Any]]:
-    pods = core().list_namespaced_pod(namespace, label_selector=f"{LABEL_TASK}={task}",
+    pods = core().list_namespaced_pod(namespace, label_selector=f"{LABEL_TASK}={children.task_label_value(task)}",
                                       _request_timeout=TIMEOUT)
     return [client().sanitize_for_serialization(p) for p in pods.items]
 
@@ -104,6 +113,7 @@ def delete_children(info: KindInfo, namespace: str, task: str) -> None:
     garbage collector; doing it ourselves keeps correctness independent of one."""
     for pod in task_pods(info, namespace, task):
         delete_pod(namespace, pod["metadata"]["name"], grace_seconds=0)
+    delete_spool(info, namespace, task)
     sa = children.service_account_name(info, task)
     _delete(core().delete_namespaced_secret, worker_env.token_secret_name(info, task), namespace)
     _delete(rbac().delete_namespaced_role_binding, sa, namespace)
@@ -129,4 +139,8 @@ def read_secret_key(namespace: str, name: str, key: str) -> str:
     data = secret.data or {}
     if key not in data:
         raise KeyError(f"Secret {namespace}/{name} has no key {key!r}")
-    return base64.b64decode(data[key]).decode()
+    try:
+        return base64.b64decode(data[key]).decode()
+    except UnicodeDecodeError:
+        # a KeyError like a missing key: the task fails naming the field, instead of every reconcile raising
+        raise KeyError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from None

@@ -37,6 +37,10 @@ class PodObservation:
     attempt: int = 0
     exit_code: int | None = None
     message: str | None = None
+    # Shutting down (drain, eviction): still `running` until it terminates, never absent, so no
+    # failover starts while it stores its open segment and spool.
+    terminating: bool = False
+    pending_seconds: float = 0.0  # how long it has been Pending (image pull, unschedulable)
 
     @classmethod
     def absent(cls) -> PodObservation:
@@ -56,6 +60,7 @@ class TaskObservation:
     pod: PodObservation
     callbacks_pending: int = 0
     max_failovers: int = 3
+    pending_timeout: float = 300.0
 
 
 class Action(StrEnum):
@@ -73,6 +78,7 @@ class Decision:
     attempt: int = 0
     status: dict = field(default_factory=dict)
     event: tuple[str, str, str] | None = None  # (type Normal|Warning, reason, message)
+    delete_pending_pod: bool = False  # the attempt's Pod never started a worker: remove it (no grace needed)
 
 
 def decide(obs: TaskObservation) -> Decision:
@@ -100,7 +106,9 @@ def decide(obs: TaskObservation) -> Decision:
         return Decision(Action.create_pod, attempt=attempt,
                         status={"phase": (phase or Phase.normal).value, "attempt": attempt},
                         event=("Normal", "WorkerCreated", f"worker attempt {attempt} created"))
-    if pod.state in (PodState.pending, PodState.running):
+    if pod.state is PodState.pending:
+        return _pending(obs)
+    if pod.state is PodState.running:
         return Decision()
     if pod.state is PodState.succeeded:
         return _after_worker(obs)
@@ -115,6 +123,28 @@ def decide(obs: TaskObservation) -> Decision:
                                                         "errorMessage": _pod_message(pod)}},
                         event=("Warning", "WorkerFailed", _pod_message(pod)))
     return _failover(obs, _pod_message(pod))
+
+
+def _pending(obs: TaskObservation) -> Decision:
+    """A Pod that never started its worker must not hold a quota slot forever: a stop or a deletion
+    ends the task at once, and one Pending too long fails it with the Pod's reason."""
+    pod = obs.pod
+    if obs.stop_requested or obs.deleting:
+        if obs.failovers == 0:
+            decision = Decision(Action.finish, status={"phase": Phase.canceled.value},
+                                event=("Normal", "Canceled", "stopped before the worker started"))
+        else:
+            decision = _after_worker(obs)  # the earlier attempts' files are kept
+    elif pod.pending_seconds > obs.pending_timeout:
+        message = (f"worker attempt {pod.attempt} was Pending for more than {obs.pending_timeout:g} s"
+                   + (f": {pod.message}" if pod.message else ""))
+        decision = Decision(Action.fail, status={"phase": Phase.failed.value,
+                                                 "result": {"errorCode": "WorkerPending", "errorMessage": message}},
+                            event=("Warning", "WorkerPending", message))
+    else:
+        return Decision()
+    decision.delete_pending_pod = True
+    return decision
 
 
 def _failover(obs: TaskObservation, why: str) -> Decision:

@@ -53,6 +53,14 @@ class KeptFile:
             entry["duration"] = round(self.duration, 3)
         return entry
 
+    @classmethod
+    def from_status(cls, entry: dict[str, Any]) -> KeptFile:
+        """The inverse of :meth:`to_status` (an earlier attempt's entry)."""
+        return cls(str(entry["fileName"]), entry.get("userId"), str(entry.get("trackType") or "audio_video"),
+                   entry.get("mediaId"), int(entry.get("beginTimeStamp") or 0), entry.get("size"),
+                   entry.get("duration"), stored=entry.get("status") == UPLOADED,
+                   error=None if entry.get("status") != FAILED else "not stored by an earlier attempt")
+
     def result_message(self) -> str:
         """The result body's Message (seed 000/001: "recording failed, transcoding failed, write to COS failed")."""
         if self.stored:
@@ -89,6 +97,15 @@ class FileLedger:
             stored = file.key in self._state.stored_playlists
             self._state.files[file.key] = replace(file, stored=stored)
             return self._announce(file.key) if stored else []
+
+    def earlier(self, files: list[KeptFile]) -> None:
+        """Files of the task's earlier attempts (from status.files): kept in the list and the result
+        (a failover must not drop them); those already stored were announced by their attempt."""
+        with self._lock:
+            for f in files:
+                self._state.files.setdefault(f.key, f)
+                if f.stored:
+                    self._state.announced.add(f.key)
 
     def add(self, file: KeptFile) -> None:
         """An MP4/MP3 handed to the uploader (or one that could not be made: ``error`` set)."""

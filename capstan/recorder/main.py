@@ -36,6 +36,11 @@ def run(worker: Worker) -> int:
                                room_url=os.environ["ROOM_URL"], room_token=os.environ.get("ROOM_TOKEN", ""),
                                s3_client=s3, bucket=bucket)
     holder["session"] = session
+    if worker.ctx.attempt > 1 and worker.status_at_start.get("stopTime"):
+        # The recording had ended when the last attempt died storing its files: finish those, do not rejoin.
+        code = session.finish_leftovers()
+        uploader.stop()
+        return code
     try:
         reason = asyncio.run(session.run())
     except Exception as exc:  # noqa: BLE001 - reported, then the operator decides on failover
@@ -44,9 +49,18 @@ def run(worker: Worker) -> int:
         uploader.flush(timeout=60)
         print(redact_userinfo(f"recorder: {exc}"), file=sys.stderr)
         return 1
-    code = session.finish(reason)
+    code = session.drain() if worker.drained and not _stop_asked(worker) else session.finish(reason)
     uploader.stop()
     return code
+
+
+def _stop_asked(worker: Worker) -> bool:
+    """A SIGTERM that raced a stop or a deletion (namespace deleted, finalizer past its bound) is a stop."""
+    try:
+        obj = worker.resource.get()
+    except Exception:  # noqa: BLE001 - API away: a drain keeps the spool for the next attempt anyway
+        return False
+    return bool((obj.get("spec") or {}).get("stop") or (obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def refuse(worker: Worker, code: str, message: str) -> int:

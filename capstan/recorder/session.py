@@ -49,7 +49,12 @@ log = logging.getLogger("capstan.recorder")
 # TRTC event types (seed 002)
 RECORDER_START, RECORDER_STOP, UPLOAD_START, FILE_INFO, UPLOAD_STOP = 301, 302, 303, 304, 305
 FAILOVER, FILE_SLICE, UPLOAD_ERROR, MP4_STOP, RESULT = 306, 307, 308, 310, 0
-FINAL_UPLOAD_TIMEOUT = 3600.0  # keep the Pod (and its spool) alive this long for a storage outage
+# The last uploads wait for the storage as long as it takes: the Pod (and its spool) stays until they are
+# stored. Deleting the task bounds this (the operator's CAPSTAN_DELETE_UPLOAD_BOUND_SECONDS).
+FINAL_UPLOAD_TIMEOUT: float | None = None
+# A drained attempt (SIGTERM without stop) keeps this much of its grace period for exiting.
+DRAIN_MARGIN_SECONDS = 5.0
+EXIT_DRAINED = 4  # not a stop: the operator fails over (any non-zero code does; this one says why)
 # After the room, the last files get this long before 305 says "ended with files still waiting" (1).
 UPLOAD_GRACE_SECONDS = 30.0
 PRESIGNED_URL_SECONDS = 7 * 24 * 3600  # the longest an S3 (SigV4) presigned URL may live
@@ -104,6 +109,9 @@ class RecordingSession:
         self.upload_grace = float(os.environ.get("CAPSTAN_UPLOAD_GRACE_SECONDS", UPLOAD_GRACE_SECONDS))
         self._also_on_stored = uploader.on_stored
         uploader.on_stored = self._on_stored
+        # An earlier attempt's files stay in status.files and the result (a failover adds, never replaces).
+        self.ledger.earlier([KeptFile.from_status(f) for f in worker.status_at_start.get("files") or []
+                             if isinstance(f, dict) and f.get("fileName")])
 
     # --- events to the outbox -------------------------------------------------------------
 
@@ -341,6 +349,58 @@ class RecordingSession:
 
     # --- after the room ---------------------------------------------------------------------
 
+    def drain(self) -> int:
+        """SIGTERM without stop (drain, eviction): the segments are closed (run() did that); store what
+        the grace period allows -- the rest stays on the task's spool for the next attempt -- and exit
+        non-zero so the operator fails over. No 302: the task goes on."""
+        grace = float(os.environ.get("CAPSTAN_STOP_GRACE_SECONDS", "30"))
+        self._end_earlier_playlists()
+        stored = self.uploader.flush(timeout=max(grace - DRAIN_MARGIN_SECONDS, 1.0))
+        waiting = len(self.uploader.pending())
+        self.worker.report(files=self._files(), message=f"attempt {self.ctx.attempt} shut down (drain): "
+                           + ("everything stored" if stored else f"{waiting} files wait on the spool"))
+        log.info("drained: %s", "everything stored" if stored else f"{waiting} files left on the spool")
+        return EXIT_DRAINED
+
+    def finish_leftovers(self) -> int:
+        """An attempt started after the recording had ended (the last attempt died while storing): no
+        room, only the spool the dead attempt left, then 305 Status 2 and the result."""
+        self.emit(FAILOVER, {"Status": 0})
+        self.worker.report(phase="upload", message=f"attempt {self.ctx.attempt}: storing what the last attempt left")
+        self._end_earlier_playlists()
+        stored = self.uploader.flush(timeout=FINAL_UPLOAD_TIMEOUT)
+        if self.formats & {"mp4", "mp3"}:
+            stored = self._make_files(segments_stored=stored)
+        if not stored:
+            self._note_waiting()
+        self.emit(UPLOAD_STOP, {"Status": 2 if stored else 1})
+        files = self._files()
+        self.worker.report(files=files, message=f"stopped; {len(files)} files")
+        self.emit(RESULT, self._result_body())
+        return 0 if stored else 1
+
+    def _end_earlier_playlists(self) -> None:
+        """An attempt that died never wrote #EXT-X-ENDLIST; its playlists get it now (from the spool's
+        newest version when one still waits there, else from the bucket)."""
+        if self.ctx.attempt < 2:
+            return
+        waiting = dict(zip(self.uploader.pending(), self.uploader.pending_files(), strict=False))
+        for f in self.ledger.files():
+            try:
+                if not f.key.endswith(".m3u8") or naming.parse_name(f.name).ha == self.ctx.attempt - 1:
+                    continue  # this attempt's own playlists end when their writers close
+            except ValueError:
+                continue
+            try:
+                text = Path(waiting[f.key]).read_text() if f.key in waiting else \
+                    self.s3.get_object(self.bucket, f.key).read().decode()
+            except Exception as exc:  # noqa: BLE001 - not there (yet): nothing to end
+                log.info("earlier playlist %s not ended: %s", f.key, exc)
+                continue
+            if "#EXT-X-ENDLIST" not in text:
+                self.uploader.put_bytes((text.rstrip("\n") + "\n#EXT-X-ENDLIST\n").encode(), f.key,
+                                        "application/vnd.apple.mpegurl")
+
     def finish(self, reason: LeaveReason) -> int:
         """Leave event, the last uploads, MP4/MP3 and the result body. Returns the exit code.
 
@@ -349,6 +409,7 @@ class RecordingSession:
         """
         self.emit(RECORDER_STOP, {"LeaveCode": LEAVE_CODES[reason]})
         self.worker.report(stopTime=now(), anchors=[], phase="upload", message="storing the last segments")
+        self._end_earlier_playlists()
         stored = self.uploader.flush(timeout=self.upload_grace)
         late = not stored
         if late:

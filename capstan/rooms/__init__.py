@@ -30,6 +30,12 @@ class Backend(Protocol):
         """Keys the room's credentials Secret (spec.room.credentialsSecretRef) holds for this backend."""
         ...
 
+    @property
+    def control_keys(self) -> tuple[str, ...]:
+        """Keys of that Secret that let the operator administer the room (remove a dead attempt's
+        identity at failover); optional: without them the room lets the identity expire."""
+        ...
+
     def join_secret(self, role: Role, room: str, identity: str, credentials_secret: str,
                     read: SecretReader) -> JoinSecret:
         """How a worker joining `room` as `identity` gets its secret; `read` raises KeyError."""
@@ -51,6 +57,7 @@ class LiveKit:
 
     name: str = "livekit"
     credential_keys: tuple[str, ...] = ("apiKey", "apiSecret")
+    control_keys: tuple[str, ...] = ("apiKey", "apiSecret")
 
     def join_secret(self, role: Role, room: str, identity: str, credentials_secret: str,
                     read: SecretReader) -> JoinSecret:
@@ -77,6 +84,7 @@ class Janus:
 
     name: str = "janus"
     credential_keys: tuple[str, ...] = ("roomPin",)
+    control_keys: tuple[str, ...] = ("adminKey",)
 
     def join_secret(self, role: Role, room: str, identity: str, credentials_secret: str,
                     read: SecretReader) -> JoinSecret:
@@ -107,5 +115,5 @@ def backend_for(name: str, **options: Any) -> RoomBackend:
 
 
 def control_for(name: str, url: str, credentials: Mapping[str, str]) -> RoomControl:
-    """A room administration client (tests, the demo and the REST gateway)."""
+    """A room administration client (the operator at failover, tests, the demo, the REST gateway)."""
     return backend_info(name).control(url, credentials)

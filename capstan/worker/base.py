@@ -99,6 +99,10 @@ class Worker:
         self.generation = 0
         self._spec_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.events: list[dict[str, Any]] = []  # our copy of status.events, the callback outbox
+        self.status_at_start: dict[str, Any] = {}  # what earlier attempts left in status (files, stopTime)
+        # SIGTERM without a stop asked for (drain, eviction, preemption): store what we have, then
+        # exit non-zero so the operator fails over (DESIGN §6) -- not a user stop.
+        self.drained = False
         self._events_lock = threading.Lock()
 
     def request_stop(self, reason: str) -> None:
@@ -106,6 +110,11 @@ class Worker:
             log.info("stopping: %s", reason)
             self.stop_reason = reason
             self.stop_event.set()
+
+    def _on_sigterm(self) -> None:
+        if not self.stop_event.is_set():
+            self.drained = True
+        self.request_stop("SIGTERM")
 
     def on_spec_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._spec_listeners.append(listener)
@@ -176,10 +185,11 @@ class Worker:
                 self.stop_event.wait(2)
 
     def run(self, body: Callable[[Worker], int]) -> int:
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
+        signal.signal(signal.SIGTERM, lambda *_: self._on_sigterm())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
         obj = self.resource.get()
-        self.events = list((obj.get("status") or {}).get("events") or [])
+        self.status_at_start = dict(obj.get("status") or {})
+        self.events = list(self.status_at_start.get("events") or [])
         self._observe(obj)
         threading.Thread(target=self._watch, name="own-resource-watch", daemon=True).start()
         return body(self)

@@ -54,9 +54,10 @@ def test_worker_pod_is_hardened_like_the_operator():
     sc = container["securityContext"]
     assert sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"] and sc["runAsNonRoot"]
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    # the only writable places are emptyDirs
+    # the only writable places: the task's spool PVC at /work and an emptyDir at /tmp
     assert {m["mountPath"] for m in container["volumeMounts"]} == {"/work", "/tmp"}
-    assert all("emptyDir" in v for v in spec["volumes"])
+    assert {v["name"]: next(iter(set(v) - {"name"})) for v in spec["volumes"]} == {
+        "work": "persistentVolumeClaim", "tmp": "emptyDir"}
     assert container["resources"]["limits"]["ephemeral-storage"]
 
 
@@ -71,3 +72,32 @@ def test_worker_resources_are_configurable_per_worker(monkeypatch):
     push = {**BODY, "kind": "StreamPush"}
     assert children.worker_pod(STREAM_PUSH, push, 1, cfg)["spec"]["containers"][0]["resources"] == {
         "requests": {"cpu": "1"}}
+
+
+def test_every_attempt_mounts_the_tasks_one_spool_claim():
+    cfg = OperatorConfig(spool_size="3Gi", spool_storage_class="fast")
+    claim = children.spool_claim(CLOUD_RECORDING, BODY, cfg)
+    assert claim["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "3Gi" and claim["spec"]["storageClassName"] == "fast"
+    for attempt in (1, 2, 4):
+        (work,) = [v for v in children.worker_pod(CLOUD_RECORDING, BODY, attempt, cfg)["spec"]["volumes"]
+                   if v["name"] == "work"]
+        assert work["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+
+
+def test_a_long_task_name_still_makes_valid_labels_and_names():
+    """A name over 52 characters used to make a label value over 63: the task never started."""
+    body = {**BODY, "metadata": {**BODY["metadata"], "name": "n" * 200}}
+    pod = children.worker_pod(CLOUD_RECORDING, body, 3, OperatorConfig())
+    claim = children.spool_claim(CLOUD_RECORDING, body, OperatorConfig())
+    for obj in (pod, claim, children.role(CLOUD_RECORDING, body), children.service_account(CLOUD_RECORDING, body)):
+        assert len(obj["metadata"]["name"]) <= 63
+        assert all(len(v) <= 63 for v in obj["metadata"]["labels"].values())
+
+
+def test_more_failovers_than_the_names_allow_are_refused(monkeypatch):
+    import pytest
+
+    monkeypatch.setenv("CAPSTAN_MAX_FAILOVERS", "4")
+    with pytest.raises(ValueError, match="0..3"):
+        OperatorConfig.from_env()

@@ -59,3 +59,27 @@ def test_terminal_is_final():
 def test_a_refused_task_fails_without_failover():
     d = decide(obs(phase="idle", attempt=1, pod=PodObservation(PodState.failed, 1, exit_code=3)))
     assert d.action is Action.fail and d.status == {"phase": "failed"}
+
+
+def test_a_terminating_worker_counts_as_running():
+    """A drained Pod (deletionTimestamp set) still stores its files: no failover until it has terminated."""
+    pod = PodObservation(PodState.running, 1, terminating=True)
+    assert decide(obs(phase="recording", attempt=1, pod=pod)).action is Action.none
+
+
+def test_a_pod_pending_too_long_fails_and_frees_its_slot():
+    pod = PodObservation(PodState.pending, 1, message="ErrImagePull: no such image", pending_seconds=301)
+    d = decide(obs(phase="normal", attempt=1, pod=pod))
+    assert d.action is Action.fail and d.delete_pending_pod and d.status["result"]["errorCode"] == "WorkerPending"
+    assert "ErrImagePull" in d.status["result"]["errorMessage"]
+    young = PodObservation(PodState.pending, 1, pending_seconds=10)
+    assert decide(obs(phase="normal", attempt=1, pod=young)).action is Action.none
+
+
+def test_stop_while_the_pod_is_pending_ends_the_task_at_once():
+    pod = PodObservation(PodState.pending, 1, pending_seconds=5)
+    d = decide(obs(phase="normal", attempt=1, pod=pod, stop_requested=True))
+    assert d.action is Action.finish and d.status["phase"] == "canceled" and d.delete_pending_pod
+    # after a failover the earlier attempts' files are kept: finished, not canceled
+    d = decide(obs(phase="normal", attempt=2, failovers=1, pod=PodObservation(PodState.pending, 2), deleting=True))
+    assert d.status["phase"] == "finished" and d.delete_pending_pod

@@ -58,6 +58,10 @@ namespace, a Role's in each watched namespace otherwise. Each verb is one the op
   - apiGroups: [""]
     resources: [pods]
     verbs: [get, list, create, delete]
+  # The task's spool (one PVC every attempt mounts), created before the first Pod, deleted with the task.
+  - apiGroups: [""]
+    resources: [persistentvolumeclaims]
+    verbs: [create, delete]
   # The worker's own identity: ServiceAccount, and a Role + RoleBinding naming its one object.
   - apiGroups: [""]
     resources: [serviceaccounts]
