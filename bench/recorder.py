@@ -9,11 +9,13 @@ media is generated once into files both sides read, so generating it costs neith
 
 Then, alternately, three times each:
 
-- capstan: ``python -m bench.recorder VIDEO AUDIO OUT`` -- reads the files with numpy, makes
-  ``av.VideoFrame`` (yuv420p) and 10 ms ``av.AudioFrame`` (s16 mono, as WebRTC delivers) objects
-  with capture times, and feeds them in capture-time order to one
-  :class:`~capstan.recorder.hls.HlsTrackWriter` per track, as the single-stream recorder does
-  (default VideoSpec/AudioSpec bitrates, 10 s segments, no uploader);
+- capstan: ``python -m bench.recorder VIDEO AUDIO OUT`` -- reads each picture straight into a new
+  ``av.VideoFrame``'s planes (yuv420p, as a decoder fills them) and makes 10 ms ``av.AudioFrame``
+  objects (s16 mono, as WebRTC delivers), with capture times, and feeds them in capture-time
+  order to one :class:`~capstan.recorder.hls.HlsTrackWriter` per track, as the single-stream
+  recorder does: the pipeline parts ``Scale → VideoEncoder → HlsSink`` and ``AudioConverter →
+  AudioFramer → AudioEncoder → HlsSink`` (default VideoSpec/AudioSpec bitrates, 10 s segments,
+  no uploader);
 - ffmpeg: Debian's ``ffmpeg`` reading the same files as rawvideo / s16le and encoding them with
   the writer's settings (libx264 preset veryfast, 550 kb/s, GOP 150, no B-frames; AAC 64 kb/s
   48 kHz mono) to two HLS outputs (video, audio) of 10 s MPEG-TS segments.

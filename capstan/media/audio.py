@@ -10,7 +10,9 @@ of a recording). :class:`AudioFramer` reconciles the two. Pure (numpy only, no I
   whole frame and the next frame is marked ``new_run`` (an AAC encoder must start afresh there:
   its frames overlap, so one fed across the hole would smear the end of a run past it);
 - a run that starts earlier than where the previous one ended **overlaps**: the part already
-  covered is dropped;
+  covered is dropped (``trim_overlaps=True``: recorded media read back, where an overlap is the same
+  sound twice), or the run just continues (``trim_overlaps=False``: live capture, where a clock
+  that steps back is receive-time jitter and every sample is kept);
 - differences within ``tolerance`` samples are jitter and ignored: the samples continue the run.
 """
 
@@ -36,10 +38,10 @@ class AudioChunk:
 
 class AudioFramer:
     def __init__(self, frame_size: int, channels: int, *, tolerance: int = 0, fill_gaps: bool = True,
-                 limit: int | None = None, start: int | None = None) -> None:
+                 trim_overlaps: bool = True, limit: int | None = None, start: int | None = None) -> None:
         """``start``: where the output begins (silence up to the first samples); by default where they begin."""
         self.frame_size, self.channels = frame_size, channels
-        self.tolerance, self.fill_gaps, self.limit = tolerance, fill_gaps, limit
+        self.tolerance, self.fill_gaps, self.trim_overlaps, self.limit = tolerance, fill_gaps, trim_overlaps, limit
         self.emitted = start or 0  # position after the last chunk handed out
         self._started = start is not None
         self._new_run = True
@@ -64,7 +66,7 @@ class AudioFramer:
                 yield from self.flush(pad=True)
                 self.emitted = max(position, self.cursor)
                 self._new_run = True
-        elif position < cursor - self.tolerance:
+        elif position < cursor - self.tolerance and self.trim_overlaps:
             samples = samples[:, cursor - position:]
         yield from self.push(samples)
 

@@ -6,8 +6,9 @@
 
 Every timestamp comes from the frame's capture time through one :class:`CaptureClock`, never from
 counting frames, so a gap in the input (an anchor stops publishing) stays a gap. Audio is a sample
-clock: a run continues while capture times agree with the samples within
-:data:`AUDIO_GAP_SECONDS`, and a later start begins a new run (a hole in the timestamps).
+clock: a run continues while capture times are not later than the samples by more than
+:data:`AUDIO_GAP_SECONDS`, and a later start begins a new run (a hole in the timestamps); a capture
+time that steps back (receive-time jitter) never costs samples.
 
 Single-stream recording uses one writer per track (:class:`HlsTrackWriter`), each anchor's video
 at its own size and frame rate unless the encoding asks for them; mixed-stream recording uses one
@@ -58,7 +59,7 @@ class HlsWriter:
             self._audio = AudioEncoder(audio)
             self.sink.templates["audio"] = self._audio.stream
             self._convert = AudioConverter(audio.sample_rate, audio.layout)
-            self._framer = AudioFramer(audio.frame_size, audio.channels, fill_gaps=False,
+            self._framer = AudioFramer(audio.frame_size, audio.channels, fill_gaps=False, trim_overlaps=False,
                                        tolerance=round(AUDIO_GAP_SECONDS * audio.sample_rate))
 
     @property
@@ -103,7 +104,8 @@ class HlsWriter:
             return  # before the start, or not after the previous picture: nothing sensible to show
         if last is not None and encoding.max_fps and ticks - last < MIN_PERIOD_FRACTION * TS_HZ / encoding.max_fps:
             return  # faster than the frame rate the task asks for
-        if last is not None and ticks - last < TS_HZ // 2:  # a picture's duration follows the source's rate
+        if last is not None and not encoding.max_fps and ticks - last < TS_HZ // 2:
+            # at the source's own rate, a picture lasts as long as the source's pictures do
             self.sink.frame_ticks = round(0.9 * self.sink.frame_ticks + 0.1 * (ticks - last))
         self._last_video_ticks = ticks
         if self._video is None:

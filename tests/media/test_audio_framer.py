@@ -73,6 +73,13 @@ def test_start_and_limit_give_an_exact_length() -> None:
     assert pts == 0 and samples[0].tolist() == [0, 0, 0, 3, 4, 5, 6, 7, 8, 9]
 
 
+def test_live_capture_keeps_every_sample_when_the_clock_steps_back() -> None:
+    framer = AudioFramer(4, 1, fill_gaps=False, trim_overlaps=False, tolerance=1)
+    chunks = [*framer.place(0, ramp(0, 8)), *framer.place(5, ramp(8, 4)), *framer.flush(pad=False)]
+    _, samples = joined(chunks)
+    assert samples[0].tolist() == list(range(12))
+
+
 @pytest.mark.parametrize("pieces", [[480] * 10, [1, 1023, 1024, 2048, 7], [4800]])
 def test_any_input_sizes_give_the_same_frames(pieces: list[int]) -> None:
     framer = AudioFramer(1024, 1)
