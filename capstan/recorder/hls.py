@@ -61,6 +61,11 @@ class HlsWriter:
             self._convert = AudioConverter(audio.sample_rate, audio.layout)
             self._framer = AudioFramer(audio.frame_size, audio.channels, fill_gaps=False, trim_overlaps=False,
                                        tolerance=round(AUDIO_GAP_SECONDS * audio.sample_rate))
+            # contiguous input frames are converted and framed together (10 ms frames one by one cost
+            # more in Python than the encoding): a run of them, its position and its length in samples
+            self._run: list[av.AudioFrame] = []
+            self._run_start = self._run_samples = 0
+            self._run_limit = AudioEncoder.BATCH_FRAMES * audio.frame_size
 
     @property
     def work_dir(self) -> Path:
@@ -126,10 +131,25 @@ class HlsWriter:
         ticks = self.clock.ticks(_capture_time(frame, capture_time))
         if ticks is None:
             return
-        position = self.clock.rescale(ticks, self._convert.sample_rate)
-        for chunk in self._framer.place(position, self._convert(frame)):
-            for packet in self._audio.encode(chunk):
-                self.sink.mux(packet, "audio")
+        rate = self._convert.sample_rate
+        position = self.clock.rescale(ticks, rate)
+        if self._run and position > self._run_start + self._run_samples + self._framer.tolerance:
+            self._frame_run()  # a hole: what came before is one run
+        if not self._run:
+            self._run_start = position
+        self._run.append(frame)
+        self._run_samples += frame.samples if frame.sample_rate == rate else round(frame.samples * rate
+                                                                                      / frame.sample_rate)
+        if self._run_samples >= self._run_limit:
+            self._frame_run()
+
+    def _frame_run(self) -> None:
+        assert self._audio is not None
+        run, self._run, self._run_samples = self._run, [], 0
+        if run:
+            for chunk in self._framer.place(self._run_start, self._convert.run(run)):
+                for packet in self._audio.encode(chunk):
+                    self.sink.mux(packet, "audio")
 
     def close(self) -> list[SegmentInfo]:
         """Finish the open segment, write the final playlist (``#EXT-X-ENDLIST``), hand both over."""
@@ -137,6 +157,7 @@ class HlsWriter:
             return self.segments
         self.closed = True
         if self._audio is not None:
+            self._frame_run()
             for chunk in self._framer.flush(pad=True):
                 for packet in self._audio.encode(chunk):
                     self.sink.mux(packet, "audio")

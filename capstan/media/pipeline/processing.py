@@ -77,6 +77,15 @@ class AudioConverter:
         frame.pts = None  # the timeline places the samples; the resampler must not judge the timestamps
         return self._joined(self._resampler.resample(frame))
 
+    def run(self, frames: list[av.AudioFrame]) -> np.ndarray:
+        """Contiguous frames as one block of samples (WebRTC's mono s16 in one vectorised step)."""
+        if all(f.format.name in ("s16", "s16p") and f.layout.name == self.layout == "mono"
+               and f.sample_rate == self.sample_rate for f in frames):
+            pcm = np.concatenate([np.frombuffer(memoryview(f.planes[0]), np.int16, count=f.samples) for f in frames])
+            return np.multiply(pcm, 1 / 32768, dtype=np.float32).reshape(1, -1)
+        parts = [self(f) for f in frames]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+
     def drain(self) -> np.ndarray:
         """What the resampler still holds (the end of a run); the next run starts a fresh one."""
         if self._resampler is None:

@@ -186,8 +186,8 @@ class SegmentSource:
 
 
 def _converted(convert: AudioConverter, frames: list[av.AudioFrame]) -> np.ndarray:
-    parts = [convert(f) for f in frames] + [convert.drain()]
-    return np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+    samples, rest = convert.run(frames), convert.drain()
+    return np.concatenate([samples, rest], axis=1) if rest.shape[1] else samples
 
 
 def _median(values: list[int]) -> int:
