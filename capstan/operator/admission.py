@@ -6,7 +6,8 @@ served by creation time, instead of being refused (unless the refuse policy is c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -32,3 +33,73 @@ def queue_position(entries: list[QueueEntry], uid: str, max_tasks: int, reserved
         if entry.uid == uid:
             return 0 if index < free else index - free + 1
     return 0
+
+
+@dataclass
+class Quota:
+    """The quota as this operator process knows it: what the watch shows, overlaid with what the
+    operator itself decided and the watch may not have delivered yet.
+
+    Both marks are sticky: a stale view of a task (the watch lagging behind the operator's own
+    write) can neither admit it a second time nor hand its place to another task.
+    """
+
+    max_tasks: int
+    admitted: set[str] = field(default_factory=set)  # admitted here; not yet shown by the watch
+    ended: set[str] = field(default_factory=set)  # ended here; not yet shown by the watch
+
+    def view(self, entries: list[QueueEntry]) -> list[QueueEntry]:
+        """The entries with this operator's own decisions applied; marks the watch shows are dropped."""
+        shown_admitted = {e.uid for e in entries if e.admitted}
+        shown_ended = {e.uid for e in entries if e.terminal}
+        self.admitted -= shown_admitted
+        self.ended -= shown_ended
+        return [dataclasses.replace(e, admitted=e.admitted or e.uid in self.admitted,
+                                    terminal=e.terminal or e.uid in self.ended)
+                if e.uid in self.admitted or e.uid in self.ended else e for e in entries]
+
+    def free(self, view: list[QueueEntry]) -> int:
+        return max(self.max_tasks - sum(1 for e in view if e.admitted and not e.terminal), 0)
+
+    @staticmethod
+    def waiting(view: list[QueueEntry]) -> list[QueueEntry]:
+        """Queued tasks, first come first served."""
+        return sorted((e for e in view if not e.admitted and not e.terminal),
+                      key=lambda e: (e.created, e.name, e.uid))
+
+    def place(self, entries: list[QueueEntry], entry: QueueEntry) -> int:
+        """0 if `entry` may start now, else its 1-based place in the queue."""
+        view = self.view(entries)
+        if not any(e.uid == entry.uid for e in view):
+            view.append(entry)  # the index has not seen it yet: it still queues like the others
+        mine = next(e for e in view if e.uid == entry.uid)
+        if mine.admitted or mine.terminal:
+            return 0
+        free = self.free(view)
+        index = next(i for i, e in enumerate(self.waiting(view)) if e.uid == entry.uid)
+        return 0 if index < free else index - free + 1
+
+    def admit(self, uid: str) -> None:
+        self.admitted.add(uid)
+
+    def end(self, uid: str) -> None:
+        self.ended.add(uid)
+        self.admitted.discard(uid)
+
+    def forget(self, uid: str) -> None:
+        self.admitted.discard(uid)
+        self.ended.discard(uid)
+
+
+def place_worth_showing(shown: int | None, place: int) -> bool:
+    """Whether a queued task's shown place should be rewritten.
+
+    Places only shrink (first come first served), so a shown place stays a true upper bound.
+    It is rewritten when it drops into a lower power of ten, and when the task is next: at most
+    five writes per task for a queue of a thousand, however often the queue moves.
+    """
+    if shown is None:
+        return True
+    if place >= shown:
+        return False
+    return len(str(place)) < len(str(shown)) or place == 1

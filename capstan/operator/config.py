@@ -50,7 +50,7 @@ class OperatorConfig:
     spool_storage_class: str = ""
     # A worker Pod Pending longer than this (image pull, unschedulable) fails its task and frees its slot.
     pending_timeout_seconds: int = 300
-    reconcile_interval: float = 2.0
+    reconcile_interval: float = 30.0  # the safety-net resync; Pod and task events drive everything else
     callback_timeout: float = 5.0
     callback_give_up_seconds: float = 90.0
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -90,7 +90,7 @@ class OperatorConfig:
             spool_size=os.environ.get("CAPSTAN_SPOOL_SIZE", "10Gi"),
             spool_storage_class=os.environ.get("CAPSTAN_SPOOL_STORAGE_CLASS", ""),
             pending_timeout_seconds=_int("CAPSTAN_PENDING_TIMEOUT_SECONDS", 300),
-            reconcile_interval=float(os.environ.get("CAPSTAN_RECONCILE_INTERVAL", "2.0")),
+            reconcile_interval=float(os.environ.get("CAPSTAN_RECONCILE_INTERVAL", "30")),
             callback_timeout=float(os.environ.get("CAPSTAN_CALLBACK_TIMEOUT", "5.0")),
             callback_give_up_seconds=float(os.environ.get("CAPSTAN_CALLBACK_GIVE_UP_SECONDS", "90")),
             worker_env=worker_env,

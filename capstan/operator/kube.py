@@ -14,7 +14,7 @@ from typing import Any
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 
-from capstan.api import KindInfo
+from capstan.api import GROUP, VERSION, KindInfo
 from capstan.operator import children, worker_env
 from capstan.operator.config import LABEL_TASK
 
@@ -119,6 +119,34 @@ def delete_children(info: KindInfo, namespace: str, task: str) -> None:
     _delete(rbac().delete_namespaced_role_binding, sa, namespace)
     _delete(rbac().delete_namespaced_role, sa, namespace)
     _delete(core().delete_namespaced_service_account, sa, namespace)
+
+
+def custom() -> kubernetes.client.CustomObjectsApi:
+    return kubernetes.client.CustomObjectsApi(client())
+
+
+def read_task(info: KindInfo, namespace: str, name: str) -> dict[str, Any] | None:
+    try:
+        return dict(custom().get_namespaced_custom_object(  # type: ignore[call-overload]
+            GROUP, VERSION, namespace, info.plural, name, _request_timeout=TIMEOUT))
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def patch_task_status(info: KindInfo, namespace: str, name: str, status: dict[str, Any],
+                      resource_version: str | None = None) -> dict[str, Any]:
+    """Merge-patch the task's status; the object after the write.
+
+    With `resource_version` the write happens only on that exact version of the object (409
+    otherwise): a decision made on an older view than the API server's is never written.
+    """
+    body: dict[str, Any] = {"status": status}
+    if resource_version is not None:
+        body["metadata"] = {"resourceVersion": resource_version}
+    return dict(custom().patch_namespaced_custom_object_status(  # type: ignore[call-overload]
+        GROUP, VERSION, namespace, info.plural, name, body, _request_timeout=TIMEOUT))
 
 
 def read_secret_key(namespace: str, name: str, key: str) -> str:

@@ -16,6 +16,10 @@ from capstan.api.common import Phase
 # A worker that exits with this code refused the task (bad configuration): retrying cannot help,
 # so there is no failover; the worker has written status.result itself.
 EXIT_TASK_REFUSED = 3
+# A worker that did its work and stopped cleanly but could not write its last status (the API
+# server kept failing or timing out through every retry): not a failure of the task, so no
+# failover and no `failed`; the operator finishes it and says the status may be incomplete.
+EXIT_REPORT_FAILED = 5  # (4 is the recorder's drained exit: a failover)
 TERMINAL = frozenset({Phase.finished, Phase.failed, Phase.canceled})
 WORKER_PHASES = frozenset({Phase.idle, Phase.recording, Phase.pushing, Phase.paused, Phase.transcode,
                            Phase.upload})
@@ -87,6 +91,9 @@ def decide(obs: TaskObservation) -> Decision:
     if phase in TERMINAL:
         return Decision()
     if not obs.admitted:
+        if obs.stop_requested or obs.deleting:  # stopped while queued: it never takes a place
+            return Decision(Action.finish, status={"phase": Phase.canceled.value},
+                            event=("Normal", "Canceled", "stopped before the worker started"))
         return Decision()
     pod = obs.pod
     if pod.state is PodState.absent or pod.attempt < obs.attempt:
@@ -103,8 +110,10 @@ def decide(obs: TaskObservation) -> Decision:
         if pod.state is PodState.absent and obs.attempt >= 1 and phase in WORKER_PHASES:
             # The worker Pod vanished under a running task (node lost, forced delete): fail over.
             return _failover(obs, "worker pod disappeared")
-        return Decision(Action.create_pod, attempt=attempt,
-                        status={"phase": (phase or Phase.normal).value, "attempt": attempt},
+        # The phase is left alone: it is `normal` since acceptance, and rewriting it from a view
+        # that may be older than the worker's first report would put `normal` over `idle`.
+        status: dict = {"attempt": attempt} if phase else {"phase": Phase.normal.value, "attempt": attempt}
+        return Decision(Action.create_pod, attempt=attempt, status=status,
                         event=("Normal", "WorkerCreated", f"worker attempt {attempt} created"))
     if pod.state is PodState.pending:
         return _pending(obs)
@@ -113,6 +122,12 @@ def decide(obs: TaskObservation) -> Decision:
     if pod.state is PodState.succeeded:
         return _after_worker(obs)
     # Failed.
+    if pod.exit_code == EXIT_REPORT_FAILED:
+        done = _after_worker(obs)
+        why = (f"worker attempt {pod.attempt} stopped cleanly but could not report its last status; "
+               "status.files and status.message may be incomplete")
+        done.event = ("Warning", "WorkerCouldNotReport", why)
+        return done
     if pod.exit_code == EXIT_TASK_REFUSED:
         return Decision(Action.fail, status={"phase": Phase.failed.value},
                         event=("Warning", "TaskRefused", f"worker attempt {pod.attempt} refused the task; "

@@ -18,12 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from capstan.api import GROUP, VERSION
 from capstan.net.urlpolicy import redact_userinfo
 
 TIMEOUT = 10
+# A status write that fails for a transient reason (timeout, connection, 429/5xx) is retried with
+# these pauses between tries (the last repeats) for up to REPORT_RETRY_SECONDS.
+REPORT_BACKOFF = (0.5, 1.0, 2.0, 4.0, 8.0)
+REPORT_RETRY_SECONDS = 60.0
+# Exit code of a worker that did its work and stopped cleanly but lost a status write through every
+# retry: the operator finishes the task (no failover, not `failed`) and says the status may be
+# incomplete. Must equal capstan.operator.phases.EXIT_REPORT_FAILED (the worker does not import the operator).
+EXIT_REPORT_FAILED = 5
+TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 log = logging.getLogger("capstan.worker")
 
 
@@ -58,6 +68,13 @@ class WorkerContext:
     def ha_prefix(self) -> str:
         """`ha<n>_` for recovered files of attempt n+1 (seed 002), empty for the first attempt."""
         return f"ha{self.attempt - 1}_" if self.attempt > 1 else ""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: the API server was slow, unreachable or overloaded, not refusing."""
+    if isinstance(exc, ApiException):
+        return not exc.status or exc.status in TRANSIENT_HTTP
+    return isinstance(exc, (OSError, urllib3.exceptions.HTTPError))
 
 
 def api_client() -> kubernetes.client.ApiClient:
@@ -104,6 +121,9 @@ class Worker:
         # exit non-zero so the operator fails over (DESIGN §6) -- not a user stop.
         self.drained = False
         self._events_lock = threading.Lock()
+        self.reports_lost = 0  # status writes given up after every retry
+        self._events_unwritten = False  # the outbox's last state is not in the status yet
+        self.report_retry_seconds = REPORT_RETRY_SECONDS
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
@@ -119,8 +139,28 @@ class Worker:
     def on_spec_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._spec_listeners.append(listener)
 
+    def _write(self, status: dict[str, Any], what: str) -> bool:
+        """Patch our own status, retrying transient failures with backoff; False once given up.
+
+        A merge patch of the same fields is idempotent, so a try that timed out after the API
+        server applied it does no harm when repeated."""
+        deadline = time.monotonic() + self.report_retry_seconds
+        for tries in range(1, 1000):
+            try:
+                self.resource.patch_status(status)
+                return True
+            except Exception as exc:  # noqa: BLE001 - classified below; never fatal to the worker
+                pause = REPORT_BACKOFF[min(tries, len(REPORT_BACKOFF)) - 1]
+                if not is_transient(exc) or time.monotonic() + pause > deadline:
+                    log.warning("%s not written (try %d, giving up): %s", what, tries, exc)
+                    return False
+                log.warning("%s not written yet (try %d, retrying in %.1f s): %s", what, tries, pause, exc)
+                time.sleep(pause)
+        return False
+
     def report(self, **status: Any) -> None:
-        """Patch our own status; errors are logged, never fatal (the recording matters more).
+        """Patch our own status (retried through transient failures); never fatal: the recording
+        matters more. A write given up is counted, and turns a clean exit into EXIT_REPORT_FAILED.
 
         Messages become Events and `kubectl get` columns: credentials in URLs are dropped first."""
         if isinstance(status.get("message"), str):
@@ -128,29 +168,27 @@ class Worker:
         result = status.get("result")
         if isinstance(result, dict) and isinstance(result.get("errorMessage"), str):
             status["result"] = {**result, "errorMessage": redact_userinfo(result["errorMessage"])}
-        try:
-            self.resource.patch_status(status)
-        except (ApiException, OSError) as exc:
-            log.warning("status patch failed: %s", exc)
+        if not self._write(status, f"status ({', '.join(sorted(status))})"):
+            self.reports_lost += 1
 
     def emit(self, event_type: int, payload: dict[str, Any]) -> None:
         """Append an event to the outbox (status.events) for the operator to deliver as a callback.
 
         Only the worker writes `events`, so the whole list is patched; it starts from what the
-        resource holds, so a failover attempt continues the sequence. A failed patch is retried
-        briefly and otherwise goes out with the next event.
+        resource holds, so a failover attempt continues the sequence. A write given up after its
+        retries goes out with the next event (the list is written whole).
         """
         with self._events_lock:
             seq = max((int(e.get("seq", 0)) for e in self.events), default=0) + 1
             self.events.append({"seq": seq, "type": event_type, "ts": int(time.time() * 1000),
                                 "payload": payload})
-            for delay in (0.5, 1.0, 0.0):
-                try:
-                    self.resource.patch_status({"events": list(self.events)})
-                    return
-                except (ApiException, OSError) as exc:
-                    log.warning("event %s (seq %s) not written yet: %s", event_type, seq, exc)
-                    time.sleep(delay)
+            self._events_unwritten = not self._write({"events": list(self.events)},
+                                                     f"event {event_type} (seq {seq})")
+
+    @property
+    def status_complete(self) -> bool:
+        """Every status write and the whole outbox reached the API server."""
+        return not self.reports_lost and not self._events_unwritten
 
     def _observe(self, obj: dict[str, Any]) -> None:
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
@@ -192,4 +230,9 @@ class Worker:
         self.events = list(self.status_at_start.get("events") or [])
         self._observe(obj)
         threading.Thread(target=self._watch, name="own-resource-watch", daemon=True).start()
-        return body(self)
+        code = body(self)
+        if code == 0 and not self.status_complete:
+            log.warning("stopped cleanly, but %d status writes were lost%s", self.reports_lost,
+                        " and the outbox is not written" if self._events_unwritten else "")
+            return EXIT_REPORT_FAILED
+        return code

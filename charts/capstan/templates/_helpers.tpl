@@ -54,10 +54,10 @@ namespace, a Role's in each watched namespace otherwise. Each verb is one the op
   - apiGroups: [capstan.dev]
     resources: [cloudrecordings/finalizers, webrecordings/finalizers, streampushes/finalizers]
     verbs: [update]
-  # Worker Pods, one per attempt: observed by name, listed by task label at clean-up.
+  # Worker Pods, one per attempt: watched (their state drives failover and finish), listed at clean-up.
   - apiGroups: [""]
     resources: [pods]
-    verbs: [get, list, create, delete]
+    verbs: [get, list, watch, create, delete]
   # The task's spool (one PVC every attempt mounts), created before the first Pod, deleted with the task.
   - apiGroups: [""]
     resources: [persistentvolumeclaims]

@@ -1,0 +1,102 @@
+"""What one operator process remembers between events, kept in kopf's memo (not module globals),
+so two operators in one process never share it.
+
+The watch can deliver a task's status later than the operator's own write of it; deciding on
+such a view re-admits the task and writes `phase: normal` over a worker's `idle` (issue 11).
+So each task remembers the resourceVersion of the operator's last write, and a view older than
+that is not decided on: the watch event of that write is on its way and brings a newer one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from capstan.api import KINDS
+from capstan.api.common import CallbackStatus
+from capstan.operator.admission import Quota
+from capstan.operator.config import OperatorConfig
+
+# (body, type Normal|Warning, reason, message): a Kubernetes Event about the task.
+EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
+
+def resource_version(body: dict[str, Any]) -> int:
+    """The object's resourceVersion as a number (etcd's revision; the API server's watch cache
+    orders by it too). 0 when absent or not numeric, which never counts as stale."""
+    try:
+        return int((body.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class TaskMemory:
+    """One task as this process knows it. Guarded by `lock`: a task event, a Pod event and the
+    timer of the same task may run at once in kopf's handler threads."""
+
+    uid: str
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    written_rv: int = 0  # resourceVersion after this process's last write of the task
+    body: dict[str, Any] | None = None  # the newest view: from the watch or from a write
+    created_attempt: int = 0  # the attempt whose Pod this process created (the Pod watch may lag)
+    gone_attempts: set[int] = field(default_factory=set)  # attempts whose Pod the watch saw deleted
+    callbacks: CallbackStatus | None = None  # delivery state last written here
+    shown_place: int | None = None  # queue place last written into status.message
+
+    def is_stale(self, body: dict[str, Any]) -> bool:
+        return resource_version(body) < self.written_rv
+
+    def see(self, body: dict[str, Any]) -> None:
+        """Keep the newer of the remembered view and `body`."""
+        if self.body is None or resource_version(body) >= resource_version(self.body):
+            self.body = body
+
+
+@dataclass
+class KindState:
+    """The tasks of one kind: their memories by (namespace, name), and the quota."""
+
+    quota: Quota
+    quota_lock: threading.Lock = field(default_factory=threading.Lock)
+    tasks: dict[tuple[str, str], TaskMemory] = field(default_factory=dict)
+    by_uid: dict[str, TaskMemory] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:
+        """This task's memory; a new one when the name now belongs to another object."""
+        with self._lock:
+            mem = self.tasks.get((namespace, name))
+            if mem is None or mem.uid != uid:
+                if mem is not None:
+                    self.by_uid.pop(mem.uid, None)
+                mem = self.tasks[(namespace, name)] = self.by_uid[uid] = TaskMemory(uid)
+            return mem
+
+    def find(self, namespace: str, name: str) -> TaskMemory | None:
+        with self._lock:
+            return self.tasks.get((namespace, name))
+
+    def forget(self, namespace: str, name: str) -> None:
+        with self._lock:
+            mem = self.tasks.pop((namespace, name), None)
+            if mem is not None:
+                self.by_uid.pop(mem.uid, None)
+        if mem is not None:
+            with self.quota_lock:
+                self.quota.forget(mem.uid)
+
+
+@dataclass
+class OperatorState:
+    """Everything the reconcile needs besides the object: configuration, memories, Event poster."""
+
+    config: OperatorConfig
+    post_event: EventPoster
+    kinds: dict[str, KindState] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, config: OperatorConfig, post_event: EventPoster) -> OperatorState:
+        return cls(config, post_event, {info.plural: KindState(Quota(config.max_tasks)) for info in KINDS})

@@ -1,0 +1,222 @@
+"""The reconcile sequencer: one pass over one task, called on every watch event of the task or
+of its worker Pod, and by the safety-net timer.
+
+A pass decides on the newest view it has, gathers what to write into one status patch, writes it
+only on the exact resourceVersion it decided on (409: read again and decide again), and only then
+acts (creates the Pod, posts Events). So a pass on a stale view writes nothing and does nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from capstan.api import KindInfo
+from capstan.api.common import Phase
+from capstan.operator import children, kube, metrics
+from capstan.operator.admission import QueueEntry
+from capstan.operator.phases import TERMINAL, Action, PodObservation, TaskObservation, decide
+from capstan.operator.reconcile import admit, callbacks, finish, worker
+from capstan.operator.reconcile.state import KindState, OperatorState, TaskMemory, resource_version
+
+log = logging.getLogger(__name__)
+TERMINAL_VALUES = frozenset(p.value for p in TERMINAL)
+MAX_PASSES = 4  # conflicts in a row before leaving it to the next event
+# (namespace, task name, attempt) -> the Pod of that attempt as the Pod watch shows it (absent if none).
+PodLookup = Callable[[str, str, int], PodObservation]
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def queue_entry(body: dict[str, Any]) -> QueueEntry:
+    """What the quota needs of one task."""
+    meta, status = body["metadata"], dict(body.get("status") or {})
+    return QueueEntry(uid=meta["uid"], created=meta.get("creationTimestamp", ""), name=meta["name"],
+                      admitted=admit.is_admitted(status), terminal=status.get("phase") in TERMINAL_VALUES)
+
+
+class Stale(Exception):
+    """The task changed since the view a pass decided on (HTTP 409 on a conditional write)."""
+
+
+@dataclass
+class Task:
+    """One task object as last seen, and the writes that keep that view current."""
+
+    info: KindInfo
+    body: dict[str, Any]
+    mem: TaskMemory
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.body["metadata"]
+
+    @property
+    def namespace(self) -> str:
+        return self.meta["namespace"]
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def uid(self) -> str:
+        return self.meta["uid"]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return dict(self.body.get("spec") or {})
+
+    @property
+    def status(self) -> dict[str, Any]:
+        return dict(self.body.get("status") or {})
+
+    def entry(self) -> QueueEntry:
+        return queue_entry(self.body)
+
+    def write(self, status: dict[str, Any], conditional: bool = True) -> None:
+        """Patch the status (on exactly the version seen, unless `conditional` is False: for fields
+        only the operator writes) and take the answer as the new view."""
+        try:
+            self.body = kube.patch_task_status(self.info, self.namespace, self.name, status,
+                                               self.meta.get("resourceVersion") if conditional else None)
+        except ApiException as exc:
+            if exc.status == 409:
+                raise Stale() from exc
+            raise
+        self.mem.written_rv = resource_version(self.body)
+        self.mem.see(self.body)
+
+    def refresh(self) -> bool:
+        """Read the object again; False when it is gone."""
+        body = kube.read_task(self.info, self.namespace, self.name)
+        if body is None:
+            return False
+        self.body = body
+        self.mem.see(body)
+        return True
+
+
+@dataclass
+class Plan:
+    """What one pass writes (one status patch) and does after the write succeeded."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+    freed: bool = False  # the task gave up its place in the quota
+
+    def set(self, view: dict[str, Any], key: str, value: Any) -> None:
+        """Write `key` only if it differs from the view."""
+        if view.get(key) != value:
+            self.status[key] = value
+
+
+def reconcile(state: OperatorState, info: KindInfo, body: dict[str, Any], pods: PodLookup,
+              entries: Callable[[], Iterable[QueueEntry]]) -> bool:
+    """Bring one task a step further; True when it freed a place in the quota."""
+    meta = body["metadata"]
+    kind = state.kinds[info.plural]
+    mem = kind.memory(meta["namespace"], meta["name"], meta["uid"])
+    with mem.lock:
+        mem.see(body)
+        if mem.body is None or mem.is_stale(mem.body):
+            return False  # the watch has not brought our own last write yet; its event will
+        task = Task(info, mem.body, mem)
+        for _ in range(MAX_PASSES):
+            try:
+                return _pass(state, kind, task, pods, entries)
+            except Stale:
+                if not task.refresh():
+                    return False
+        log.info("%s/%s changed under %d passes in a row; the next event decides", task.namespace, task.name,
+                  MAX_PASSES)
+        return False
+
+
+def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
+          entries: Callable[[], Iterable[QueueEntry]]) -> bool:
+    cfg = state.config
+    st = task.status
+    meta, spec = task.meta, task.spec
+    plan = Plan()
+    if not st.get("taskId"):
+        _accept(task, plan)
+    if spec.get("stop") and not st.get("cancelTime"):
+        plan.status["cancelTime"] = now()
+        plan.events.append(("Normal", "StopRequested", "stop requested; worker finishing"))
+    cb_state = callbacks.deliver_pending(state, task)
+    st = task.status  # delivery may have written
+    view = {**st, **plan.status}
+    admitted = admit.step(state, kind, task, view, entries, plan)
+    attempt = int(view.get("attempt") or 0)
+    obs = TaskObservation(
+        phase=view.get("phase"), attempt=attempt, failovers=int(view.get("failovers") or 0),
+        admitted=admitted, stop_requested=bool(spec.get("stop")), deleting=bool(meta.get("deletionTimestamp")),
+        pod=worker.current_pod(task, pods, attempt), max_failovers=cfg.max_failovers,
+        pending_timeout=cfg.pending_timeout_seconds, callbacks_pending=callbacks.pending(st, cb_state))
+    decision = decide(obs)
+    if decision.delete_pending_pod:  # it never started a worker: nothing to save
+        pod_name = children.pod_name(task.info, task.name, attempt)
+        plan.after.append(lambda: kube.delete_pod(task.namespace, pod_name, grace_seconds=0))
+    if decision.action in (Action.create_pod, Action.replace_pod):
+        worker.step(state, task, view, decision, plan)
+    elif decision.action in (Action.finish, Action.fail):
+        finish.step(state, kind, task, view, decision, cb_state, plan)
+    else:
+        for key, value in decision.status.items():
+            plan.set(view, key, value)
+        if decision.event:
+            plan.events.append(decision.event)
+    if plan.status:
+        plan.set(st, "observedGeneration", meta.get("generation"))
+        task.write(plan.status)
+    for action in plan.after:
+        action()
+    for event in plan.events:
+        state.post_event(task.body, *event)
+    return plan.freed
+
+
+def _accept(task: Task, plan: Plan) -> None:
+    """A new task: its stable id, phase `normal`, the room for `kubectl get`."""
+    room = task.spec.get("room") or {}
+    task_id = str(uuid.uuid4())
+    plan.status.update({
+        "taskId": task_id, "phase": Phase.normal.value, "createTime": now(),
+        "room": str(room.get("roomId") or room.get("strRoomId") or ""), "attempt": 0, "failovers": 0})
+    plan.events.append(("Normal", "Accepted", f"task {task_id} accepted"))
+    plan.after.append(lambda: metrics.TASKS_ACCEPTED.labels(task.info.plural).inc())
+
+
+def admit_waiting(state: OperatorState, info: KindInfo, pods: PodLookup,
+                  entries: Callable[[], Iterable[QueueEntry]]) -> None:
+    """After a place freed: start the tasks first in the queue, then refresh the places shown."""
+    kind = state.kinds[info.plural]
+    for _ in range(state.config.max_tasks):  # bounded: each round admits or stops
+        with kind.quota_lock:
+            view = kind.quota.view(list(entries()))
+            free, waiting = kind.quota.free(view), kind.quota.waiting(view)
+        candidates = [m for e in waiting[:free] if (m := kind.by_uid.get(e.uid)) and m.body is not None]
+        if not candidates:
+            break
+        progressed = False
+        for mem in candidates:
+            assert mem.body is not None
+            try:
+                reconcile(state, info, mem.body, pods, entries)
+            except Exception:  # noqa: BLE001 - one task's failure must not keep the others queued
+                log.exception("admitting %s failed", mem.body["metadata"].get("name"))
+            progressed = progressed or mem.uid in kind.quota.admitted or admit.is_admitted(
+                (mem.body or {}).get("status") or {})
+        if not progressed:
+            break
+    admit.refresh_places(state, info, kind, entries)
