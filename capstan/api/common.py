@@ -214,6 +214,9 @@ class CallbackStatus(CamelModel):
                                          description="When the event now being delivered was first tried.")
     next_attempt_at: str | None = Field(None, alias="nextAttemptAt", description="When the next try is due.")
     last_error: str | None = Field(None, alias="lastError", description="Last delivery error.")
+    failing_since: str | None = Field(None, alias="failingSince",
+                                      description="Since when no try has been delivered: one give-up deadline "
+                                                  "per task, so N events to a dead receiver wait once, not N times.")
 
 
 class TaskStatus(CamelModel):

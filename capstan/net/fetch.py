@@ -2,12 +2,14 @@
 checked (the Host header and the TLS name stay the URL's host), and redirects are never followed,
 so neither DNS rebinding nor a 3xx can steer a request somewhere the policy refused.
 
-Synchronous (http.client) for today's callback delivery; an async client can reuse
-`UrlPolicy.check` and connect to `Target.addresses` the same way.
+`post` is synchronous (http.client; each socket operation has the timeout). `apost` is the async
+client callback delivery uses: one total deadline for DNS, connect, send and the response head, so
+a receiver trickling bytes cannot hold a try longer than that.
 """
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import socket
 import ssl
@@ -64,5 +66,53 @@ def post(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, u
             return response.status
         finally:
             conn.close()
+    assert last is not None
+    raise last
+
+
+async def apost(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, use: Use, deadline: float,
+                resolve: Resolver | None = None, tls: ssl.SSLContext | None = None) -> int:
+    """POST once within `deadline` seconds in all; the HTTP status (a 3xx is returned, not followed).
+
+    Raises UrlRefused before any connection, TimeoutError past the deadline, OSError or
+    http.client.HTTPException when the request fails."""
+    return await asyncio.wait_for(_apost(url, body, headers, policy, use, deadline, resolve, tls), deadline)
+
+
+def _host_header(target: Target) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    default = 443 if target.scheme == "https" else 80
+    return host if target.port == default else f"{host}:{target.port}"
+
+
+async def _apost(url: str, body: bytes, headers: dict[str, str], policy: UrlPolicy, use: Use, deadline: float,
+                 resolve: Resolver | None, tls: ssl.SSLContext | None) -> int:
+    loop = asyncio.get_running_loop()
+    target = await loop.run_in_executor(None, policy.check, url, use, resolve or system_resolver(deadline))
+    head = [f"POST {target.request_target} HTTP/1.1", f"Host: {_host_header(target)}",
+            f"Content-Length: {len(body)}", "Connection: close",
+            *(f"{k}: {v}" for k, v in headers.items())]
+    request = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+    last: OSError | None = None
+    for address in target.addresses:
+        context = (tls or ssl.create_default_context()) if target.scheme == "https" else None
+        try:
+            # the same connect as `post` (to the checked address, bounded by the deadline), then async I/O
+            raw = await loop.run_in_executor(None, socket.create_connection, (address, target.port), deadline)
+        except OSError as exc:  # try the next checked address; nothing was sent
+            last = exc
+            continue
+        reader, writer = await asyncio.open_connection(
+            sock=raw, ssl=context, server_hostname=target.host if context else None)
+        try:
+            writer.write(request)
+            await writer.drain()
+            status_line = await reader.readline()
+            parts = status_line.decode("latin-1").split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                raise http.client.BadStatusLine(status_line.decode("latin-1", "replace")[:100])
+            return int(parts[1])
+        finally:
+            writer.close()
     assert last is not None
     raise last

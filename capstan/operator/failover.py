@@ -16,7 +16,7 @@ from capstan import rooms
 from capstan.rooms.base import SecretReader
 
 log = logging.getLogger(__name__)
-REMOVE_TIMEOUT = 5.0
+REMOVE_TIMEOUT = 3.0  # the next attempt waits for this; the room's own expiry is the fallback
 
 
 def remove_dead_identity(spec: dict[str, Any], read: SecretReader, identity_field: str = "recorderUserId") -> str:

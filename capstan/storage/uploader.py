@@ -7,7 +7,8 @@ storage outage files simply wait on local disk. A local file is deleted only aft
 was stored and a ``stat`` confirmed its size, so nothing is lost while the storage is away.
 
 Each queued file has a small journal entry in ``<spool_dir>/.journal``; an Uploader started on
-the same spool directory (a restarted container keeping its emptyDir) resumes those uploads.
+the same spool directory resumes those uploads. The recorder's spool is the task's PVC, which every
+attempt mounts, so a failover attempt resumes what the dead one left (before it records anything).
 
 A newer version of a key that is still waiting (a playlist rewritten while the storage is down)
 replaces the older one: only the newest playlist is uploaded, after everything queued before it.
@@ -145,6 +146,8 @@ class Uploader:
             self._queue.append(item)
             self.stats.queued += 1
             self._cond.notify_all()
+        # The worker's own record of every closed file (chaos tests count these against the bucket).
+        log.info("spooled %s (seq %d)", key, item.seq)
 
     def put_bytes(self, data: bytes, key: str, content_type: str = "application/octet-stream") -> None:
         """Write ``data`` to a fresh spool file, then :meth:`put` it (used for playlists)."""
@@ -324,3 +327,5 @@ class Uploader:
             self.stats.queued += 1
         for stale in self.journal_dir.glob("*.tmp"):
             stale.unlink(missing_ok=True)
+        if self._queue:
+            log.info("resumed %d spooled files from the journal", len(self._queue))

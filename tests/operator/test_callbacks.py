@@ -49,7 +49,9 @@ def test_stream_push_names_its_publishing_user():
 
 def test_result_event_is_sent_as_its_payload():
     result = {"TaskID": "task-1", "Status": "finished", "Result": {"Videos": []}}
-    assert json.loads(callbacks.callback_body(WEB_RECORDING, {}, STATUS, event(1, 0, result))) == result
+    # ... with the event's stable id beside it (receivers drop duplicates by TaskId + EventSeq)
+    assert json.loads(callbacks.callback_body(WEB_RECORDING, {}, STATUS, event(1, 0, result))) == {
+        **result, "EventSeq": 1}
 
 
 def test_signature_verifies_with_hmac_and_headers():
@@ -148,3 +150,80 @@ def test_deliver_reports_connection_errors():
     error = callbacks.deliver("http://127.0.0.1:9/", b"{}", {"Content-Type": "application/json"}, timeout=2,
                               policy=loopback)
     assert error and "refused" in error.lower()
+
+
+def test_one_give_up_deadline_per_task_not_per_event():
+    """N events to a dead receiver used to hold the task for N x 90 s; after the first is given up,
+    the next ones go at their first failed try while the receiver stays down."""
+    state, now = CallbackStatus(), T0
+    while True:
+        state, outcome = callbacks.after_try(state, event(1), "HTTP 503", now, 90)
+        if outcome is Outcome.gave_up:
+            break
+        now = callbacks.parse_timestamp(state.next_attempt_at)
+    for seq in (2, 3, 4):
+        state, outcome = callbacks.after_try(state, event(seq), "HTTP 503", now + dt.timedelta(seconds=seq), 90)
+        assert outcome is Outcome.gave_up
+    # a delivery ends the failing spell: the next failure gets the whole window again
+    state, _ = callbacks.after_try(state, event(5), None, now, 90)
+    state, outcome = callbacks.after_try(state, event(6), "HTTP 503", now + dt.timedelta(seconds=10), 90)
+    assert outcome is Outcome.retry and state.failed == 4
+
+
+def test_each_request_carries_the_event_seq_header():
+    assert callbacks.headers(SPEC, b"{}", None, 7)[callbacks.EVENT_SEQ_HEADER] == "7"
+    body = json.loads(callbacks.callback_body(CLOUD_RECORDING, SPEC, STATUS, event(7)))
+    assert body["EventSeq"] == 7 and body["EventInfo"]["TaskId"] == "task-1"
+
+
+@pytest.fixture
+def slow_receivers():
+    """Loopback receivers: one that trickles its answer a byte a second, one that redirects."""
+    import socket
+    import threading
+
+    servers, stop = [], threading.Event()
+
+    def serve(answer: bytes, pause: float) -> int:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(4)
+        sock.settimeout(0.2)
+
+        def loop():
+            while not stop.is_set():
+                try:
+                    conn, _ = sock.accept()
+                except OSError:
+                    continue
+                with conn:
+                    conn.recv(65536)
+                    for byte in answer:
+                        if stop.is_set():
+                            break
+                        conn.sendall(bytes([byte]))
+                        time.sleep(pause)
+        threading.Thread(target=loop, daemon=True).start()
+        servers.append(sock)
+        return sock.getsockname()[1]
+
+    import time
+
+    yield {"trickle": serve(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 1.0),
+           "redirect": serve(b"HTTP/1.1 302 Found\r\nLocation: http://10.0.0.1/\r\nContent-Length: 0\r\n\r\n", 0)}
+    stop.set()
+    for s in servers:
+        s.close()
+
+
+def test_a_try_has_one_total_deadline_and_redirects_fail(slow_receivers):
+    import time
+
+    loopback = UrlPolicy.from_env({"CAPSTAN_URL_ALLOW_CIDRS": "127.0.0.0/8"})
+    t0 = time.monotonic()
+    error = callbacks.deliver(f"http://127.0.0.1:{slow_receivers['trickle']}/", b"{}", {}, timeout=2,
+                              policy=loopback)
+    assert error and error.startswith("TimeoutError") and time.monotonic() - t0 < 3.5, error
+    error = callbacks.deliver(f"http://127.0.0.1:{slow_receivers['redirect']}/", b"{}", {}, timeout=2,
+                              policy=loopback)
+    assert error == "HTTP 302 (redirects are not followed)"

@@ -7,6 +7,7 @@ older, and an event must not be sent twice because of that.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from capstan.api.common import CallbackStatus, TaskEvent
@@ -47,17 +48,35 @@ def deliver_pending(state: OperatorState, task: Task) -> CallbackStatus:
     if not spec.get("callback"):
         new = delivery.skip_all(events, current)
     else:
-        cfg = state.config
-        new, attempts = delivery.deliver_due(
-            task.info, spec, st, current, lambda name, key: kube.read_secret_key(task.namespace, name, key),
-            lambda url, data, headers: delivery.deliver(url, data, headers, cfg.callback_timeout, cfg.url_policy),
-            cfg.callback_give_up_seconds)
-        for tried in attempts:
-            _announce(state, task, events, tried)
+        # The dispatcher delivers on its own loop; this pass collects what it finished (the
+        # callback-retry timer comes back within a second) and starts the next job from that state.
+        new = current
+        done = state.callbacks.collect(task.mem.uid)
+        if done is not None:
+            new, attempts = done
+            for tried in attempts:
+                _announce(state, task, events, tried)
+        if delivery.pending_count(events, new):
+            state.callbacks.submit(task.mem.uid, _job(state, task, new))
     if new != current:
         task.mem.callbacks = new
         task.write({"callbacks": new.model_dump(by_alias=True)}, conditional=False)
     return new
+
+
+def _job(state: OperatorState, task: Task, current: CallbackStatus) -> Any:
+    """One delivery pass of the task's due events, run on the dispatcher's loop."""
+    cfg, spec, st, info, ns = state.config, dict(task.spec), dict(task.status), task.info, task.namespace
+
+    async def job(dispatcher: delivery.Dispatcher) -> tuple[CallbackStatus, list[delivery.Attempt]]:
+        async def read_key(name: str, key: str) -> str:
+            return await asyncio.to_thread(kube.read_secret_key, ns, name, key)
+
+        async def send(url: str, data: bytes, headers: dict[str, str]) -> str | None:
+            return await dispatcher.send(url, data, headers, cfg.callback_timeout, cfg.url_policy)
+
+        return await delivery.adeliver_due(info, spec, st, current, read_key, send, cfg.callback_give_up_seconds)
+    return job
 
 
 def _announce(state: OperatorState, task: Task, events: list[TaskEvent], tried: delivery.Attempt) -> None:

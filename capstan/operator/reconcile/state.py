@@ -17,6 +17,7 @@ from typing import Any
 from capstan.api import KINDS
 from capstan.api.common import CallbackStatus
 from capstan.operator.admission import Quota
+from capstan.operator.callbacks import Dispatcher
 from capstan.operator.config import OperatorConfig
 
 # (body, type Normal|Warning, reason, message): a Kubernetes Event about the task.
@@ -96,6 +97,7 @@ class OperatorState:
     config: OperatorConfig
     post_event: EventPoster
     kinds: dict[str, KindState] = field(default_factory=dict)
+    callbacks: Dispatcher = field(default_factory=Dispatcher)  # deliveries, off kopf's handler threads
 
     @classmethod
     def create(cls, config: OperatorConfig, post_event: EventPoster) -> OperatorState:
