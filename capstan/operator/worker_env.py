@@ -8,11 +8,13 @@ CreateContainerConfigError.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from capstan import rooms
 from capstan.api import KindInfo
+from capstan.net import urlpolicy
 from capstan.operator import children
 from capstan.rooms.base import Role, SecretReader
 
@@ -141,6 +143,10 @@ def worker_env(info: KindInfo, body: dict[str, Any], read: SecretReader) -> Work
         if ref:
             _check(read, field_path, ref["name"], ref["key"])
             out.env.append(children.secret_env(env_name, ref["name"], ref["key"]))
+    # Workers fetch tenant URLs too (the pusher's source): under the operator's own URL policy.
+    for name in (urlpolicy.ENV_ALLOW_CIDRS, urlpolicy.ENV_ALLOW_HOSTS, urlpolicy.ENV_CLUSTER_CIDRS):
+        if os.environ.get(name) is not None:
+            out.env.append(_value(name, os.environ[name]))
     signing = (spec.get("callback") or {}).get("signingKeySecretRef")
     if signing:  # read at delivery time (a missing key is retried there); refused now if not opted in
         _check_opt_in(read, "spec.callback.signingKeySecretRef", signing["name"], signing["key"])

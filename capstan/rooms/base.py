@@ -137,6 +137,10 @@ class VideoOutput(Protocol):
 class AudioOutput(Protocol):
     """One published audio track."""
 
+    # Seconds between write() and the sound leaving for the room (the backend's own queue): a
+    # writer keeping sound in step with pictures writes it this much ahead of the pictures.
+    latency: float
+
     async def write(self, frame: av.AudioFrame) -> None:
         """Send raw audio; returns when the backend has room for more (it paces the caller)."""
         ...

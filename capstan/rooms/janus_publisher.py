@@ -70,6 +70,8 @@ class _VideoOutput:
 
 
 class _AudioOutput:
+    latency = 0.0  # aiortc sends a frame as soon as it is written
+
     def __init__(self, media: MediaId, sample_rate: int) -> None:
         self.media, self.track = media, _queued_track("audio")
         self.samples = 0

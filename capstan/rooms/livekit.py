@@ -58,6 +58,7 @@ CONNECT_TIMEOUT = 15.0  # signal connection + first ICE/DTLS
 REQUEST_TIMEOUT = 10.0  # one RoomService call
 SUBSCRIBE_TIMEOUT = 15.0  # set_subscribed -> track_subscribed
 AUDIO_RATE = 48000
+AUDIO_QUEUE_MS = 200  # what an audio source buffers before it sends
 AUDIO_MAX_LAG = 1.0  # an audio frame this late re-anchors the sample clock (the sender paused)
 
 _DR = rtc.DisconnectReason
@@ -329,6 +330,10 @@ class _VideoOutput:
 
 
 class _AudioOutput:
+    # AudioSource sends from its queue (queue_size_ms); measured at a subscriber: sound written
+    # at the same moment as a picture arrives ≈ 0.25 s after it with the 200 ms queue.
+    latency = AUDIO_QUEUE_MS / 1000 + 0.05
+
     def __init__(self, source: Any, track: Any) -> None:
         self.source, self.track = source, track
         self.sid: str | None = None
@@ -378,7 +383,7 @@ class LiveKitPublisher:
     async def add_audio(self, media: MediaId, sample_rate: int = AUDIO_RATE, channels: int = 1) -> Any:
         source_kind = (rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO if media is MediaId.AUX
                        else rtc.TrackSource.SOURCE_MICROPHONE)
-        source = rtc.AudioSource(sample_rate, channels, queue_size_ms=200)
+        source = rtc.AudioSource(sample_rate, channels, queue_size_ms=AUDIO_QUEUE_MS)
         track = rtc.LocalAudioTrack.create_audio_track(f"{media.value}-audio", source)
         output = _AudioOutput(source, track)
         await self._publish(output, rtc.TrackPublishOptions(source=source_kind))

@@ -1,0 +1,117 @@
+"""Fixtures of the pusher tests: the generated source file served over HTTP on loopback, and a
+subscriber that watches what the pusher publishes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from capstan.rooms.base import Role, TrackKind, TrackPublished
+from devstack import pushmedia
+from devstack.mediaserver import MediaServer
+
+SOURCE_SECONDS = 40.0
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("push-media")
+    pushmedia.make(root / "pattern.mp4", SOURCE_SECONDS)
+    pushmedia.make(root / "short.mp4", 6.0)
+    pushmedia.make(root / "bframes.mp4", 12.0, bframes=2)
+    (root / "not-media.mp4").write_bytes(b"this is not a media file\n" * 100)
+    return root
+
+
+@pytest.fixture(scope="session")
+def media_server(media_dir: Path) -> Iterator[MediaServer]:
+    server = MediaServer(media_dir)
+    yield server
+    server.close()
+
+
+@dataclass
+class Seen:
+    """What a subscriber got from the pusher's tracks: frames as (time, number, size, flash),
+    audio as (time, mono samples)."""
+
+    video: list[tuple[float, int, tuple[int, int], bool]] = field(default_factory=list)
+    audio: list[tuple[float, np.ndarray]] = field(default_factory=list)
+
+    def numbers(self) -> list[int]:
+        return [n for _, n, _, _ in self.video]
+
+    def sizes(self) -> set[tuple[int, int]]:
+        return {s for _, _, s, _ in self.video}
+
+    def tone_hz(self) -> float:
+        loud = [s for _, s in self.audio if np.abs(s).max() > 0.1]
+        samples = np.concatenate(loud[-50:])
+        spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+        return float(np.fft.rfftfreq(len(samples), 1 / pushmedia.RATE)[int(np.argmax(spectrum))])
+
+    def av_offsets(self) -> list[float]:
+        """Beep onset minus flash onset, for each flash seen (seconds; > 0: audio late)."""
+        flashes = pushmedia.onsets([t for t, _, _, _ in self.video], [f for _, _, _, f in self.video])
+        beeps = pushmedia.onsets([t for t, _ in self.audio], [float(np.abs(s).max()) > 0.1 for _, s in self.audio])
+        out = []
+        for f in flashes:
+            near = min(beeps, key=lambda b: abs(b - f), default=None)
+            if near is not None and abs(near - f) < 0.5:
+                out.append(near - f)
+        return out
+
+
+async def watch(server: Any, room: str, identity: str, seconds: float, *, until: Any = None,
+                join_timeout: float = 60.0) -> Seen:
+    """Join `room` hidden, wait for `identity`'s tracks, and record them for `seconds` (or until
+    `until(seen)` is true)."""
+    token = server.token(room, "watcher", Role.recorder)
+    conn = await server.connector().join(server.url, room, "watcher", token)
+    seen = Seen()
+    try:
+        tracks: dict[TrackKind, Any] = {}
+        events = conn.events().__aiter__()
+        deadline = time.monotonic() + join_timeout
+        while len(tracks) < 2 and time.monotonic() < deadline:
+            try:
+                event = await asyncio.wait_for(events.__anext__(), max(0.1, min(3.0, deadline - time.monotonic())))
+            except TimeoutError:
+                if tracks:
+                    break  # a source with only one kind of track
+                continue
+            if isinstance(event, TrackPublished) and event.track.user_id == identity:
+                tracks[event.track.kind] = event.track
+
+        async def video() -> None:
+            async for timed in conn.subscribe(tracks[TrackKind.VIDEO]):
+                gray = timed.frame.to_ndarray(format="gray")
+                seen.video.append((timed.time, pushmedia.frame_number(gray), (timed.frame.width, timed.frame.height),
+                                   pushmedia.flashing(gray)))
+
+        async def audio() -> None:
+            async for timed in conn.subscribe(tracks[TrackKind.AUDIO]):
+                pcm = timed.frame.to_ndarray().astype(np.float32)
+                if timed.frame.format.name.startswith("s16"):
+                    pcm = pcm / 32768
+                seen.audio.append((timed.time, pcm.reshape(-1, timed.frame.layout.nb_channels)[:, 0]
+                                   if timed.frame.format.is_packed else pcm[0]))
+
+        tasks = [asyncio.create_task(f()) for k, f in ((TrackKind.VIDEO, video), (TrackKind.AUDIO, audio))
+                 if k in tracks]
+        end = time.monotonic() + seconds
+        while time.monotonic() < end and not (until and until(seen)) and not all(t.done() for t in tasks):
+            await asyncio.sleep(0.2)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await conn.leave()
+    return seen

@@ -1,0 +1,73 @@
+"""The push session against the real room servers, in-process (no operator): what a subscriber
+receives, pass-through or re-encode, resume positions, and how bad sources fail."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from typing import Any
+
+import numpy as np
+import pytest
+
+from capstan.api.streampush import StreamPushSpec
+from capstan.net.urlpolicy import UrlPolicy
+from capstan.pusher.session import PushSession
+from capstan.worker.base import WorkerContext
+from devstack import pushmedia
+
+from .conftest import watch
+
+pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
+LOOPBACK_ALLOWED = UrlPolicy.from_env({"CAPSTAN_URL_ALLOW_CIDRS": "127.0.0.0/8"})
+
+
+class FakeWorker:
+    """The parts of capstan.worker.base.Worker a session uses, recorded."""
+
+    def __init__(self, attempt: int = 1) -> None:
+        self.ctx = WorkerContext(plural="streampushes", name="p", namespace="ns", task_id="t-1", attempt=attempt,
+                                 pod_name="p-spush-a1", work_dir=__import__("pathlib").Path("/tmp"))
+        self.stop_event = threading.Event()
+        self.stop_reason = ""
+        self.reports: list[dict[str, Any]] = []
+        self.events: list[tuple[int, dict[str, Any]]] = []
+
+    def report(self, **status: Any) -> None:
+        self.reports.append(status)
+
+    def emit(self, event_type: int, payload: dict[str, Any]) -> None:
+        self.events.append((event_type, payload))
+
+
+def session(server: Any, room: str, src: str, worker: FakeWorker, **spec: Any) -> PushSession:
+    body = {"videoSrc": src, "room": server.room_spec(room, 1400000000), "userId": "pusher", **spec}
+    return PushSession(worker, StreamPushSpec.model_validate(body), server.connector(), room_url=server.url,
+                       room_name=room, room_token=server.token(room, "pusher"), policy=LOOPBACK_ALLOWED,
+                       redis_url=spec.get("_redis"))
+
+
+async def push_and_watch(server: Any, room: str, s: PushSession, seconds: float) -> tuple[int, Any]:
+    control = server.control()
+    await control.create_room(room)
+    await control.aclose()
+    pushing = asyncio.create_task(s.run())
+    seen = await watch(server, room, "pusher", seconds, until=lambda _s: pushing.done())
+    return await asyncio.wait_for(pushing, 60), seen
+
+
+def test_a_file_reaches_a_subscriber_with_its_frames_size_tone_and_sync(room_server: Any, media_server: Any) -> None:
+    room = f"push-{uuid.uuid4().hex[:8]}"
+    worker = FakeWorker()
+    s = session(room_server, room, f"{media_server.url}/short.mp4", worker)
+    code, seen = asyncio.run(push_and_watch(room_server, room, s, 30))
+    assert code == 0
+    assert seen.sizes() == {(pushmedia.WIDTH, pushmedia.HEIGHT)}
+    numbers = seen.numbers()
+    assert len(numbers) > 60 and numbers[-1] > 150, numbers[-20:]
+    assert abs(seen.tone_hz() - pushmedia.TONE_HZ) < 10
+    offsets = seen.av_offsets()
+    assert offsets and abs(float(np.median(offsets))) < 0.1, offsets
+    assert [t for t, _ in worker.events] == [401, 403] and worker.events[-1][1]["Status"] == 0
+    print("offsets", offsets, "frames", len(numbers), "first", numbers[:5], worker.reports[0])
