@@ -23,3 +23,43 @@ def test_terminal_tasks_free_their_place():
     es[0] = QueueEntry("u0", es[0].created, "t0", admitted=True, terminal=True)
     es.append(QueueEntry("u9", "2026-01-01T00:01:00Z", "t9", admitted=False, terminal=False))
     assert queue_position(es, "u9", 3, set()) == 0
+
+
+def test_a_stale_view_cannot_admit_twice_or_give_the_place_away():
+    from capstan.operator.admission import Quota
+
+    quota = Quota(max_tasks=2)
+    es = entries(4, admitted=1)
+    assert quota.place(es, es[1]) == 0
+    quota.admit("u1")  # admitted here; the watch still shows u1 waiting
+    assert quota.place(es, es[1]) == 0  # still holds its place: nothing new
+    assert quota.place(es, es[2]) == 1 and quota.place(es, es[3]) == 2  # the stale view gives u1's place to no one
+    quota.end("u0")  # ended here, the watch still shows it running
+    assert quota.place(es, es[2]) == 0
+
+
+def test_a_task_the_index_has_not_seen_yet_still_queues():
+    from capstan.operator.admission import Quota
+
+    quota = Quota(max_tasks=1)
+    es = entries(2, admitted=1)
+    late = QueueEntry("u9", "2026-01-01T00:09:00Z", "t9", admitted=False, terminal=False)
+    assert quota.place(es, late) == 2
+
+
+def test_the_shown_place_is_rewritten_a_bounded_number_of_times():
+    from capstan.operator.admission import place_worth_showing
+
+    shown, writes = None, 0
+    for place in range(900, 0, -1):  # a queue of 900 draining one by one
+        if place_worth_showing(shown, place):
+            shown, writes = place, writes + 1
+    assert shown == 1 and writes == 4  # 900, 99, 9, 1
+    assert not place_worth_showing(5, 7)  # never upwards
+
+
+def test_the_worker_and_the_operator_agree_on_the_could_not_report_exit_code():
+    from capstan.operator.phases import EXIT_REPORT_FAILED
+    from capstan.worker import base
+
+    assert base.EXIT_REPORT_FAILED == EXIT_REPORT_FAILED

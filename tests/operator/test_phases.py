@@ -83,3 +83,21 @@ def test_stop_while_the_pod_is_pending_ends_the_task_at_once():
     # after a failover the earlier attempts' files are kept: finished, not canceled
     d = decide(obs(phase="normal", attempt=2, failovers=1, pod=PodObservation(PodState.pending, 2), deleting=True))
     assert d.status["phase"] == "finished" and d.delete_pending_pod
+
+
+def test_a_worker_that_could_not_report_is_finished_not_failed_over():
+    from capstan.operator.phases import EXIT_REPORT_FAILED
+
+    d = decide(obs(phase="upload", attempt=1, pod=PodObservation(PodState.failed, 1, exit_code=EXIT_REPORT_FAILED)))
+    assert d.action is Action.finish and d.status["phase"] == "finished"
+    assert d.event[1] == "WorkerCouldNotReport"
+
+
+def test_a_queued_task_stopped_is_canceled_without_a_place():
+    d = decide(obs(admitted=False, stop_requested=True))
+    assert d.action is Action.finish and d.status["phase"] == "canceled"
+
+
+def test_the_first_attempt_does_not_rewrite_a_reported_phase():
+    d = decide(obs(phase="normal", attempt=1))  # attempt 1 written, its Pod not visible yet
+    assert d.action is Action.create_pod and "phase" not in d.status
