@@ -183,6 +183,19 @@ class TaskResult(CamelModel):
     error_message: str | None = Field(None, alias="errorMessage", description="Error message.")
 
 
+# Delivered events kept in status.events (the rest are pruned; status.callbacks keeps the counts), so
+# a long recording's status stays far below etcd's 1.5 MiB object limit.
+KEEP_DELIVERED_EVENTS = 20
+
+
+def prune_events(events: list[dict[str, Any]], delivered_seq: int,
+                 keep: int = KEEP_DELIVERED_EVENTS) -> list[dict[str, Any]]:
+    """The outbox without the delivered events but the last `keep` (the highest seq always stays, so
+    the sequence continues); every event still to deliver is kept."""
+    done = [e for e in events if int(e.get("seq", 0)) <= delivered_seq]
+    return done[-max(keep, 1):] + [e for e in events if int(e.get("seq", 0)) > delivered_seq]
+
+
 class TaskEvent(CamelModel):
     """One event of the task's outbox (TRTC callback events 301–312 and the kinds' result bodies).
 

@@ -119,6 +119,7 @@ class Uploader:
         self._seq = 0
         self._failing_since: float | None = None
         self._last_report = float("-inf")
+        self._unreported = 0
         self._resume_journal()
         self._thread = threading.Thread(target=self._run, name=f"uploader-{bucket}", daemon=True)
         if start:
@@ -271,13 +272,18 @@ class Uploader:
         with self._cond:
             self.stats.failures += 1
             self.stats.last_error = (code, message)
-            first = self._failing_since is None
-            if first:
+            if self._failing_since is None:
                 self._failing_since = now
-            report = first or now - self._last_report >= self.error_interval
+            # At most one report per interval, whatever succeeded in between (flapping storage used to
+            # send one per failure); a report counts the failures it stands for.
+            self._unreported += 1
+            report = now - self._last_report >= self.error_interval
             if report:
                 self._last_report = now
                 self.stats.errors_reported += 1
+                if self._unreported > 1:
+                    message = f"{message} ({self._unreported} failed uploads since the last report)"
+                self._unreported = 0
         log.warning("upload of %s failed (attempt %d): %s %s", item.key, item.attempts, code, message)
         if report and self.on_error is not None:
             try:

@@ -22,6 +22,7 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from capstan.api import GROUP, VERSION
+from capstan.api.common import prune_events
 from capstan.net.urlpolicy import redact_userinfo
 
 TIMEOUT = 10
@@ -116,6 +117,7 @@ class Worker:
         self.generation = 0
         self._spec_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.events: list[dict[str, Any]] = []  # our copy of status.events, the callback outbox
+        self.delivered_seq = 0  # how far the operator has delivered it (status.callbacks.deliveredSeq)
         self.status_at_start: dict[str, Any] = {}  # what earlier attempts left in status (files, stopTime)
         # SIGTERM without a stop asked for (drain, eviction, preemption): store what we have, then
         # exit non-zero so the operator fails over (DESIGN §6) -- not a user stop.
@@ -179,6 +181,8 @@ class Worker:
         retries goes out with the next event (the list is written whole).
         """
         with self._events_lock:
+            # delivered events leave the outbox (counts stay in status.callbacks): the status stays small
+            self.events = prune_events(self.events, self.delivered_seq)
             seq = max((int(e.get("seq", 0)) for e in self.events), default=0) + 1
             self.events.append({"seq": seq, "type": event_type, "ts": int(time.time() * 1000),
                                 "payload": payload})
@@ -192,6 +196,8 @@ class Worker:
 
     def _observe(self, obj: dict[str, Any]) -> None:
         meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+        delivered = ((obj.get("status") or {}).get("callbacks") or {}).get("deliveredSeq")
+        self.delivered_seq = max(self.delivered_seq, int(delivered or 0))
         if meta.get("deletionTimestamp"):
             self.request_stop("resource deleted")
         elif spec.get("stop"):

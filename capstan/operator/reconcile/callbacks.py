@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from capstan.api.common import CallbackStatus, TaskEvent
+from capstan.api.common import CallbackStatus, Phase, TaskEvent, prune_events
 from capstan.operator import callbacks as delivery
 from capstan.operator import kube, metrics
 
 if TYPE_CHECKING:
     from capstan.operator.reconcile.state import OperatorState
     from capstan.operator.reconcile.task import Task
+
+
+_ENDED = frozenset({Phase.finished.value, Phase.failed.value, Phase.canceled.value})
 
 
 def events_of(status: dict[str, Any]) -> list[TaskEvent]:
@@ -60,7 +63,11 @@ def deliver_pending(state: OperatorState, task: Task) -> CallbackStatus:
             state.callbacks.submit(task.mem.uid, _job(state, task, new))
     if new != current:
         task.mem.callbacks = new
-        task.write({"callbacks": new.model_dump(by_alias=True)}, conditional=False)
+        update: dict[str, Any] = {"callbacks": new.model_dump(by_alias=True)}
+        if st.get("phase") in _ENDED:
+            # No worker writes the outbox any more (it does its own pruning while it runs): prune here.
+            update["events"] = prune_events(list(st.get("events") or []), new.delivered_seq)
+        task.write(update, conditional=False)
     return new
 
 
