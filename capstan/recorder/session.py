@@ -57,6 +57,7 @@ DRAIN_MARGIN_SECONDS = 5.0
 EXIT_DRAINED = 4  # not a stop: the operator fails over (any non-zero code does; this one says why)
 # After the room, the last files get this long before 305 says "ended with files still waiting" (1).
 UPLOAD_GRACE_SECONDS = 30.0
+STOP_UPLOAD_WAIT_SECONDS = 5.0
 PRESIGNED_URL_SECONDS = 7 * 24 * 3600  # the longest an S3 (SigV4) presigned URL may live
 STREAM_LIMIT_CONDITION = "StreamLimitReached"
 
@@ -407,6 +408,9 @@ class RecordingSession:
         305 follows seed 002: 0 when everything is stored; 1 when the task ended with files still
         waiting (after ``upload_grace``), then 2 once those were stored after all.
         """
+        # the segments closed when the room was left are usually stored in a moment: their 307s then
+        # come before 302, as the writers' order has it; an outage delays 302 by this much at most
+        self.uploader.flush(timeout=min(STOP_UPLOAD_WAIT_SECONDS, self.upload_grace))
         self.emit(RECORDER_STOP, {"LeaveCode": LEAVE_CODES[reason]})
         self.worker.report(stopTime=now(), anchors=[], phase="upload", message="storing the last segments")
         self._end_earlier_playlists()

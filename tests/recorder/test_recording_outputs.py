@@ -140,9 +140,10 @@ def test_events_and_status_wait_for_the_storage(recorder, tasks, room, receiver,
     assert not any(f.get("status") == "uploaded" for f in tasks.status("flaky").get("files", []))
 
     flaky_storage.start()  # the storage is back: the waiting segments and playlists go out, then the events
-    wait_for(lambda: 304 in receiver.types(), 60, what="304 once the first playlist is stored")
+    wait_for(lambda: receiver.types().count(307) == 2 and 304 in receiver.types(), 60,
+             what="307 for both playlists and 304 once they are stored")
     types = receiver.types()
-    assert types.count(307) == 2 and types.index(307) < types.index(304), types
+    assert types.index(307) < types.index(304), types
     wait_for(lambda: {f.get("status") for f in tasks.status("flaky").get("files", [])} == {"uploaded"}, 30,
              what="files marked uploaded")
 
