@@ -7,6 +7,9 @@ the same machine in the same run, never absolute timings asserted in tests.
   segments; ``bench/results/merge.json``.
 - recorder (:mod:`bench.recorder`): the recorder's HLS writers vs FFmpeg encoding the same raw
   frames to HLS; ``bench/results/recorder.json``.
+- operator (:mod:`bench.operator`): the operator with N tasks created at once (BENCH_OPERATOR_TASKS,
+  default 1,000; quota 100) on the local stack: latencies, requests per task, CPU, RSS; not a ratio
+  (there is no plain-FFmpeg counterpart); ``bench/results/operator.json``.
 
 Each side runs in a child process reaped with ``os.wait4`` (CPU user+sys, peak RSS), alternately,
 three times each; medians and capstan/ffmpeg ratios are printed and written as JSON.
@@ -19,9 +22,10 @@ import sys
 from pathlib import Path
 
 from bench import merge, recorder
+from bench import operator as operator_bench
 from bench.common import FFMPEG, RESULTS_DIR
 
-BENCHMARKS = {"merge": merge.run, "recorder": recorder.run}
+BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run}
 
 
 def main(argv: list[str] | None = None) -> int:
