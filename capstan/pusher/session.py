@@ -55,7 +55,7 @@ class PushSession:
         self.policy, self.resolve = policy, resolve
         self.redis = RedisProgress(redis_url, spec.video_src) if redis_url else None
         self.status_position = status_position
-        self.live = spec.mode is PushMode.live
+        self.live = spec.mode == PushMode.live
         self.info = SourceInfo()
         self.position = 0.0
         self.keyframe_requests = 0
@@ -217,7 +217,7 @@ class PushSession:
                                 progress=progressing.status_progress(plan.position, self.info.duration))
         if attempt == 1:
             await asyncio.to_thread(self.worker.emit, PushEvent.start.value, {
-                "Mode": self.spec.mode.value, "PositionMs": int(plan.position * 1000),
+                "Mode": str(self.spec.mode), "PositionMs": int(plan.position * 1000),
                 "DurationMs": int(self.info.duration * 1000) if self.info.duration else None})
         if plan.origin or attempt > 1:
             await asyncio.to_thread(self.worker.emit, PushEvent.resume.value, {

@@ -14,7 +14,7 @@ from typing import Any
 import av
 
 from capstan.net.urlpolicy import Resolver, UrlPolicy, UrlRefused, Use, redact_userinfo
-from capstan.pusher.httpfile import HttpError, HttpFile
+from capstan.pusher.httpfile import HttpFile
 
 OPEN_TIMEOUT = 10.0
 READ_TIMEOUT = 10.0
@@ -73,13 +73,15 @@ def open_container(url: str, policy: UrlPolicy, *, live: bool, resolve: Resolver
     read_timeout = LIVE_READ_TIMEOUT if live else READ_TIMEOUT
     try:
         if target.scheme in ("http", "https"):
-            return av.open(HttpFile(target, timeout=READ_TIMEOUT), "r", timeout=(OPEN_TIMEOUT, read_timeout))
+            try:
+                fetched = HttpFile(target, timeout=READ_TIMEOUT)
+            except OSError as exc:  # HttpError too: nothing is media yet, the fetch itself failed
+                raise SourceError(f"spec.videoSrc {describe(url)} cannot be fetched: {exc}") from None
+            return av.open(fetched, "r", timeout=(OPEN_TIMEOUT, read_timeout))
         # rtmp(s): FFmpeg's RTMP client, given the checked address instead of the name
         pinned = f"{target.scheme}://{_host(target.addresses[0])}:{target.port}{target.request_target}"
         return av.open(pinned, "r", format="flv" if target.scheme == "rtmp" else None,
                        timeout=(OPEN_TIMEOUT, read_timeout), options={"rtmp_live": "live"})
-    except HttpError as exc:
-        raise SourceError(f"spec.videoSrc {describe(url)} cannot be fetched: {exc}") from None
     except (av.FFmpegError, OSError) as exc:
         raise SourceError(f"spec.videoSrc {describe(url)} cannot be opened as media: {exc}") from None
 

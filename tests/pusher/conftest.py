@@ -70,48 +70,43 @@ class Seen:
 
 
 async def watch(server: Any, room: str, identity: str, seconds: float, *, until: Any = None,
-                join_timeout: float = 60.0) -> Seen:
-    """Join `room` hidden, wait for `identity`'s tracks, and record them for `seconds` (or until
-    `until(seen)` is true)."""
+                seen: Seen | None = None) -> Seen:
+    """Join `room` hidden and record every track `identity` publishes (a resumed pusher's new
+    tracks too) for `seconds`, or until `until(seen)` is true."""
     token = server.token(room, "watcher", Role.recorder)
     conn = await server.connector().join(server.url, room, "watcher", token)
-    seen = Seen()
-    try:
-        tracks: dict[TrackKind, Any] = {}
-        events = conn.events().__aiter__()
-        deadline = time.monotonic() + join_timeout
-        while len(tracks) < 2 and time.monotonic() < deadline:
-            try:
-                event = await asyncio.wait_for(events.__anext__(), max(0.1, min(3.0, deadline - time.monotonic())))
-            except TimeoutError:
-                if tracks:
-                    break  # a source with only one kind of track
-                continue
+    seen = seen if seen is not None else Seen()
+    subscriptions: list[asyncio.Task[None]] = []
+
+    async def video(track: Any) -> None:
+        async for timed in conn.subscribe(track):
+            gray = timed.frame.to_ndarray(format="gray")
+            seen.video.append((timed.time, pushmedia.frame_number(gray), (timed.frame.width, timed.frame.height),
+                               pushmedia.flashing(gray)))
+
+    async def audio(track: Any) -> None:
+        async for timed in conn.subscribe(track):
+            frame = timed.frame
+            pcm = frame.to_ndarray().astype(np.float32)
+            if frame.format.name.startswith("s16"):
+                pcm = pcm / 32768
+            channels = frame.layout.nb_channels
+            seen.audio.append((timed.time, pcm.reshape(-1, channels)[:, 0] if frame.format.is_packed else pcm[0]))
+
+    async def follow() -> None:
+        async for event in conn.events():
             if isinstance(event, TrackPublished) and event.track.user_id == identity:
-                tracks[event.track.kind] = event.track
+                take = video if event.track.kind is TrackKind.VIDEO else audio
+                subscriptions.append(asyncio.create_task(take(event.track)))
 
-        async def video() -> None:
-            async for timed in conn.subscribe(tracks[TrackKind.VIDEO]):
-                gray = timed.frame.to_ndarray(format="gray")
-                seen.video.append((timed.time, pushmedia.frame_number(gray), (timed.frame.width, timed.frame.height),
-                                   pushmedia.flashing(gray)))
-
-        async def audio() -> None:
-            async for timed in conn.subscribe(tracks[TrackKind.AUDIO]):
-                pcm = timed.frame.to_ndarray().astype(np.float32)
-                if timed.frame.format.name.startswith("s16"):
-                    pcm = pcm / 32768
-                seen.audio.append((timed.time, pcm.reshape(-1, timed.frame.layout.nb_channels)[:, 0]
-                                   if timed.frame.format.is_packed else pcm[0]))
-
-        tasks = [asyncio.create_task(f()) for k, f in ((TrackKind.VIDEO, video), (TrackKind.AUDIO, audio))
-                 if k in tracks]
+    follower = asyncio.create_task(follow())
+    try:
         end = time.monotonic() + seconds
-        while time.monotonic() < end and not (until and until(seen)) and not all(t.done() for t in tasks):
+        while time.monotonic() < end and not (until and until(seen)):
             await asyncio.sleep(0.2)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        for t in (follower, *subscriptions):
+            t.cancel()
+        await asyncio.gather(follower, *subscriptions, return_exceptions=True)
         await conn.leave()
     return seen
