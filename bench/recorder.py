@@ -7,7 +7,9 @@ media is generated once into files both sides read, so generating it costs neith
   gradient with a moving box and light sensor noise, so x264 has real work;
 - ``audio.raw``: 60 s of s16le mono 48 kHz, a 440 Hz tone.
 
-Then, alternately, three times each:
+Then, alternately, three times each (and each side once more on the first 2 s of the same files,
+which gives its fixed cost: interpreter, imports, codec set-up; CPU per recorded minute is the
+60 s run less that, per minute between the two):
 
 - capstan: ``python -m bench.recorder VIDEO AUDIO OUT`` -- reads each picture straight into a new
   ``av.VideoFrame``'s planes (yuv420p, as a decoder fills them) and makes 10 ms ``av.AudioFrame``
@@ -57,6 +59,9 @@ AUDIO_RATE, AUDIO_CHANNELS = 48000, 1
 AUDIO_CHUNK = 480  # 10 ms, what WebRTC delivers
 TONE_HZ = 440.0
 SEGMENT_SECONDS = 10
+# The same work on the first seconds only: what a process costs whatever it records (interpreter,
+# imports, codec set-up and flush), so the per-minute figure is what one more recorded minute costs.
+SHORT_SECONDS = 2.0
 # The writer's settings (capstan/recorder/hls.py with the API's default VideoSpec/AudioSpec
 # bitrates and GOP); the FFmpeg side uses the same.
 X264_PRESET = "veryfast"
@@ -248,6 +253,21 @@ def per_minute(cpu_seconds: float) -> float:
     return round(cpu_seconds / (SECONDS / 60.0), 3)
 
 
+def shorten(video: Path, audio: Path) -> tuple[Path, Path]:
+    """The first SHORT_SECONDS of both files, for measuring each side's fixed cost."""
+    short_video, short_audio = video.with_name("video-short.yuv"), audio.with_name("audio-short.raw")
+    with video.open("rb") as src:
+        short_video.write_bytes(src.read(round(SHORT_SECONDS * FPS) * WIDTH * HEIGHT * 3 // 2))
+    with audio.open("rb") as src:
+        short_audio.write_bytes(src.read(round(SHORT_SECONDS * AUDIO_RATE) * 2 * AUDIO_CHANNELS))
+    return short_video, short_audio
+
+
+def marginal_per_minute(long: float, short: float) -> float:
+    """CPU seconds one more recorded minute costs: the long run less the short one, per minute between them."""
+    return round((long - short) / ((SECONDS - SHORT_SECONDS) / 60.0), 3)
+
+
 def run(repeats: int, results: Path) -> dict[str, object]:
     print(f"== recorder: HlsTrackWriter x2 vs ffmpeg, {SECONDS:.0f} s of {WIDTH}x{HEIGHT}@{FPS} + "
           f"{AUDIO_RATE // 1000} kHz audio", flush=True)
@@ -258,7 +278,9 @@ def run(repeats: int, results: Path) -> dict[str, object]:
         print(f"generated raw media ({video.stat().st_size / 2**20:.0f} MiB yuv420p, "
               f"{audio.stat().st_size / 2**20:.1f} MiB s16le) in {time.perf_counter() - started:.1f} s", flush=True)
 
+        short_video, short_audio = shorten(video, audio)
         runs: dict[str, list[Sample]] = {"capstan": [], "ffmpeg": []}
+        short_runs: dict[str, list[Sample]] = {"capstan": [], "ffmpeg": []}
         outputs: dict[str, Output] = {}
         builders = {"capstan": capstan_argv, "ffmpeg": ffmpeg_argv}
         for repeat in range(1, repeats + 1):
@@ -270,12 +292,25 @@ def run(repeats: int, results: Path) -> dict[str, object]:
                 runs[name].append(sample)
                 outputs[name] = inspect(out)
                 print_run(repeat, repeats, name, sample)
+            for name, build in builders.items():
+                out = work / name / "short"
+                shutil.rmtree(out.parent, ignore_errors=True)
+                out.mkdir(parents=True)
+                sample = measure(build(short_video, short_audio, out), out.parent / "log.txt")
+                short_runs[name].append(sample)
+                print_run(repeat, repeats, f"{name} {SHORT_SECONDS:.0f} s", sample)
 
     medians = {name: median(samples) for name, samples in runs.items()}
+    short_medians = {name: median(samples) for name, samples in short_runs.items()}
     ratio = ratios(medians["capstan"], medians["ffmpeg"])
     print_table(medians, ratio, repeats)
-    minute = {name: per_minute(m.cpu_seconds) for name, m in medians.items()}
-    print("CPU s per recorded minute: " + ", ".join(f"{n} {v:.2f}" for n, v in minute.items()))
+    whole = {name: per_minute(m.cpu_seconds) for name, m in medians.items()}
+    fixed = {name: m.cpu_seconds for name, m in short_medians.items()}
+    minute = {name: marginal_per_minute(medians[name].cpu_seconds, fixed[name]) for name in medians}
+    minute_ratio = round(minute["capstan"] / minute["ffmpeg"], 2)
+    print(f"CPU s of a {SHORT_SECONDS:.0f} s run (fixed cost): " + ", ".join(f"{n} {v:.2f}" for n, v in fixed.items()))
+    print("CPU s per recorded minute (the 60 s run less the short one): "
+          + ", ".join(f"{n} {v:.2f}" for n, v in minute.items()) + f"; capstan/ffmpeg {minute_ratio:.2f}")
     for name, o in outputs.items():
         print(f"{name} output: video {o.video_segments} segments {o.video_seconds:.3f} s {o.video_frames} frames "
               f"{o.video_kbps:.0f} kb/s; audio {o.audio_segments} segments {o.audio_seconds:.3f} s "
@@ -298,9 +333,14 @@ def run(repeats: int, results: Path) -> dict[str, object]:
         },
         "repeats": repeats,
         "median": {name: asdict(m) for name, m in medians.items()},
+        "median_short_run": {name: asdict(m) for name, m in short_medians.items()},
+        "short_run_seconds": SHORT_SECONDS,
+        "cpu_seconds_whole_run_per_minute": whole,
         "cpu_seconds_per_recorded_minute": minute,
+        "ratio_per_recorded_minute": minute_ratio,
         "ratio_capstan_over_ffmpeg": ratio,
         "runs": {name: [asdict(s) for s in samples] for name, samples in runs.items()},
+        "short_runs": {name: [asdict(s) for s in samples] for name, samples in short_runs.items()},
         "outputs": {name: {**asdict(o), "x264": x264_summary(o.x264, X264_KEYS)} for name, o in outputs.items()},
         "machine": machine(),
         "measured_at": now_utc(),
