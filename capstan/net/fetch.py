@@ -70,6 +70,43 @@ def post(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, u
     raise last
 
 
+class FetchFailed(OSError):
+    """A GET that did not return the whole body with 200."""
+
+
+def get(url: str, *, policy: UrlPolicy, use: Use, timeout: float, max_bytes: int,
+        resolve: Resolver | None = None, tls: ssl.SSLContext | None = None) -> bytes:
+    """GET once and return the body (watermarks, background images): 200 only, a 3xx not followed,
+    at most ``max_bytes``. Raises UrlRefused before any connection when the policy refuses the URL,
+    FetchFailed for another status or a body too large, OSError when the request fails."""
+    target = policy.check(url, use, resolve or system_resolver(timeout))
+    last: OSError | None = None
+    for address in target.addresses:
+        conn: http.client.HTTPConnection
+        if target.scheme == "https":
+            conn = _PinnedHTTPSConnection(target, address, timeout, tls)
+        else:
+            conn = _PinnedHTTPConnection(target, address, timeout)
+        try:
+            try:
+                conn.connect()
+            except OSError as exc:
+                last = exc
+                continue
+            conn.request("GET", target.request_target)
+            response = conn.getresponse()
+            if response.status != 200:
+                raise FetchFailed(f"HTTP {response.status}")
+            body = response.read(max_bytes + 1)
+            if len(body) > max_bytes:
+                raise FetchFailed(f"larger than {max_bytes} bytes")
+            return body
+        finally:
+            conn.close()
+    assert last is not None
+    raise last
+
+
 async def apost(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, use: Use, deadline: float,
                 resolve: Resolver | None = None, tls: ssl.SSLContext | None = None) -> int:
     """POST once within `deadline` seconds in all; the HTTP status (a 3xx is returned, not followed).

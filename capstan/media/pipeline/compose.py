@@ -80,7 +80,7 @@ class Picture:
         w, h = size = (size[0] - size[0] % 2, size[1] - size[1] % 2)
         if crop:
             frame = _crop_to_aspect(frame.reformat(format="rgba"), size)
-        rgba = frame.reformat(width=w, height=h, format="rgba").to_ndarray()
+        rgba: np.ndarray = np.asarray(frame.reformat(width=w, height=h, format="rgba").to_ndarray(), np.uint8)
         yuv = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgba[:, :, :3]), format="rgb24").reformat(
             format="yuv420p")
         planes = tuple(p.copy() for p in frame_planes(yuv))
