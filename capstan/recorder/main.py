@@ -1,4 +1,4 @@
-"""The recorder worker: single-stream recording of one CloudRecording task (see session.py)."""
+"""The recorder worker: single-stream (session.py) or mixed-stream (mix.py) recording of one CloudRecording task."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import sys
 from capstan.api.cloudrecording import CloudRecordingSpec, RecordMode
 from capstan.net.urlpolicy import redact_userinfo
 from capstan.operator.phases import EXIT_TASK_REFUSED
+from capstan.recorder.mix import MixRecordingSession, mix_spec_problem
 from capstan.recorder.session import RecordingSession
 from capstan.rooms import BackendUnavailable, backend_for
 from capstan.storage.client import client_from_env
@@ -21,8 +22,10 @@ log = logging.getLogger("capstan.recorder")
 
 def run(worker: Worker) -> int:
     spec = CloudRecordingSpec.model_validate(worker.spec)
-    if spec.record_mode == RecordMode.mix:
-        return refuse(worker, "Unsupported", "spec.recordMode: mix is not built yet")
+    mixed = spec.record_mode == RecordMode.mix
+    problem = mix_spec_problem(spec) if mixed else None
+    if problem is not None:
+        return refuse(worker, "InvalidParameter", problem)
     try:
         backend = backend_for(os.environ.get("ROOM_BACKEND", "livekit"))
     except BackendUnavailable as exc:
@@ -32,9 +35,9 @@ def run(worker: Worker) -> int:
     holder: dict[str, RecordingSession] = {}
     uploader = Uploader(s3, bucket, worker.ctx.work_dir / "spool",
                         on_error=lambda code, message: holder["session"].on_upload_error(code, message))
-    session = RecordingSession(worker, spec, backend, uploader,
-                               room_url=os.environ["ROOM_URL"], room_token=os.environ.get("ROOM_TOKEN", ""),
-                               s3_client=s3, bucket=bucket)
+    kind = MixRecordingSession if mixed else RecordingSession
+    session = kind(worker, spec, backend, uploader, room_url=os.environ["ROOM_URL"],
+                   room_token=os.environ.get("ROOM_TOKEN", ""), s3_client=s3, bucket=bucket)
     holder["session"] = session
     if worker.ctx.attempt > 1 and worker.status_at_start.get("stopTime"):
         # The recording had ended when the last attempt died storing its files: finish those, do not rejoin.

@@ -276,11 +276,13 @@ def test_worker_pod_gets_secrets_only_as_references(operator, tasks, namespace):
 def test_a_task_the_worker_refuses_fails_clearly_without_failover(operator_factory, tasks):
     """A worker that cannot do a task however often it is retried (exit 3) ends it at once, naming why."""
     operator_factory(CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE="media")
-    tasks.create(recording("mixed", recordMode="mix"))
+    # a custom window past the default canvas (1280x720): the API server cannot know the default
+    region = {"userId": "a", "top": 0, "left": 1600, "width": 100, "height": 100}
+    tasks.create(recording("mixed", recordMode="mix", mixLayout={"mode": "custom", "regions": [region]}))
     st = tasks.wait_phase("mixed", "failed", timeout=60)
     assert st["attempt"] == 1 and st["failovers"] == 0
-    assert st["result"]["errorCode"] == "Unsupported"
-    assert st["result"]["errorMessage"].startswith("spec.recordMode")
+    assert st["result"]["errorCode"] == "InvalidParameter"
+    assert st["result"]["errorMessage"].startswith("spec.mixLayout.regions[0]")
 
 
 def test_operator_exposes_prometheus_metrics(operator_factory, tasks):

@@ -10,8 +10,9 @@ picture, black bars), ``stretch``. A window whose anchor has no picture (audio o
 yet) shows the placeholder: a colour or an image. Watermarks are blended with their alpha.
 
 The mixer places every anchor's samples on one sample clock (positions from capture times;
-a block continuing its anchor's last one within ``tolerance`` samples is placed right after it,
-so jitter never drops or doubles a sample) and sums what falls in each span it is asked for.
+a block not later than ``tolerance`` samples after its anchor's last one continues it, so jitter
+never drops or doubles a sample; a run that starts before the span already mixed is moved to
+the mix's cursor rather than lost) and sums what falls in each span it is asked for.
 """
 
 from __future__ import annotations
@@ -250,7 +251,7 @@ class AudioMixer:
         self.channels, self.tolerance = channels, tolerance
         self.cursor: int | None = None  # position of the next sample to hand out
         self._lanes: dict[object, _Lane] = {}
-        self.late_samples = 0  # samples that arrived after their span was mixed (dropped)
+        self.late_samples = 0  # how far runs that started after their span was mixed were moved
 
     def start(self, position: int) -> None:
         if self.cursor is None:
@@ -262,15 +263,11 @@ class AudioMixer:
         if n == 0:
             return
         state = self._lanes.setdefault(lane, _Lane())
-        if state.end is not None and abs(position - state.end) <= self.tolerance:
-            position = state.end  # the run continues: sample-exact, whatever the jitter
-        if self.cursor is not None and position < self.cursor:
-            cut = min(n, self.cursor - position)
-            self.late_samples += cut
-            samples, position = samples[:, cut:], position + cut
-            if samples.shape[1] == 0:
-                state.end = position
-                return
+        if state.end is not None and position <= state.end + self.tolerance:
+            position = state.end  # the run continues: sample-exact, whatever the jitter (never a sample lost)
+        elif self.cursor is not None and position < self.cursor:
+            self.late_samples += self.cursor - position  # a run that starts late is heard from now on
+            position = self.cursor
         state.blocks.append((position, samples))
         state.end = position + samples.shape[1]
 
