@@ -383,9 +383,13 @@ def test_five_anchors_coming_and_going_with_a_screen_share(recorder_operator, ta
     def covered(user: str, media: str, track: str) -> tuple[float, float]:
         name = naming.single_playlist_name(SDKAPPID, room.name, user, media, track)
         assert name in stored, f"{name} missing; stored: {sorted(k for k in stored if k.endswith('.m3u8'))}"
-        text = stored[name].decode()
-        begin = playlist.parse(text).start_rec_time_ms / 1000
-        return begin, begin + playlist_seconds(text)
+        parsed = playlist.parse(stored[name].decode())
+        last = parsed.entries[-1]
+        start = naming.parse_name(last.uri).start
+        assert start is not None
+        # from the first frame to the end of the last segment, placed by its <utc> (frames a loaded
+        # machine dropped in between do not move the end)
+        return parsed.start_rec_time_ms / 1000, start.timestamp() + last.duration
 
     for user in ("alice", "bob", "carol", "dave", "erin"):
         for track in ("audio", "video"):
