@@ -142,7 +142,8 @@ def test_worker_pods_pass_the_restricted_pod_security_level(operator, tasks, nam
     plain = {"metadata": {"name": "plain"}, "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
     with pytest.raises(ApiException) as err:
         tasks.core.create_namespaced_pod(namespace, plain, dry_run="All", _request_timeout=30)
-    assert err.value.status == 403 and 'violates PodSecurity "restricted:latest"' in json.loads(err.value.body)["message"]
+    message = json.loads(err.value.body)["message"]
+    assert err.value.status == 403 and 'violates PodSecurity "restricted:latest"' in message
     tasks.create(recording("strict"))
     st = tasks.wait_phase("strict", "idle", timeout=90)
     assert st["attempt"] == 1 and st["failovers"] == 0
