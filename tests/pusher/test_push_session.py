@@ -71,3 +71,27 @@ def test_a_file_reaches_a_subscriber_with_its_frames_size_tone_and_sync(room_ser
     assert offsets and abs(float(np.median(offsets))) < 0.1, offsets
     assert [t for t, _ in worker.events] == [401, 403] and worker.events[-1][1]["Status"] == 0
     print("offsets", offsets, "frames", len(numbers), "first", numbers[:5], worker.reports[0])
+
+
+@pytest.mark.parametrize("room_server", ["livekit"], indirect=True)
+def test_a_failover_attempt_starts_at_the_saved_position(room_server: Any, media_server: Any) -> None:
+    room = f"push-{uuid.uuid4().hex[:8]}"
+    worker = FakeWorker(attempt=2)
+    s = session(room_server, room, f"{media_server.url}/pattern.mp4", worker)
+    s.status_position = 10.0
+
+    async def scenario() -> Any:
+        control = room_server.control()
+        await control.create_room(room)
+        await control.aclose()
+        pushing = asyncio.create_task(s.run())
+        seen = await watch(room_server, room, "pusher", 6)
+        worker.stop_event.set()
+        await asyncio.wait_for(pushing, 30)
+        return seen
+
+    seen = asyncio.run(scenario())
+    numbers = [n for n in seen.numbers() if n > 0]
+    print(seen.numbers()[:40])
+    assert numbers and 9.5 * pushmedia.FPS <= numbers[0] <= 12 * pushmedia.FPS, numbers[:10]
+    assert [t for t, _ in worker.events] == [402, 403] and worker.events[0][1]["From"] == "status"
