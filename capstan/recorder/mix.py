@@ -143,8 +143,11 @@ class MixRecordingSession(RecordingSession):
             return
         regions = [Region(Feed(r.user_id, r.media_id), r.left, r.top, r.width, r.height, r.z_order, str(r.render_mode))
                    for r in (layout.regions if layout is not None else [])]
-        self.windows = arrange(self._layout_mode(), self.size, self._feeds(),
-                               main_user=layout.main_user_id if layout is not None else None, regions=regions)
+        windows = arrange(self._layout_mode(), self.size, self._feeds(),
+                          main_user=layout.main_user_id if layout is not None else None, regions=regions)
+        if windows != self.windows:
+            log.info("layout %s: %d windows", self._layout_mode(), len(windows))
+        self.windows = windows
 
     def _refresh_images(self) -> None:
         """Background and watermarks as the spec has them now (fetched once each; a failure is 309)."""
@@ -244,6 +247,7 @@ class MixRecordingSession(RecordingSession):
             await self.loop.run_in_executor(self.executor, self._produce, list(self.windows), pictures, moment, sound)
             next_at += period
             if time.time() - next_at > 1.0:  # fell behind by more than a second: skip, do not rush
+                log.warning("mixing fell %.1f s behind: canvases skipped", time.time() - next_at)
                 next_at = time.time()
 
     def _produce(self, windows: list[Window], pictures: dict[Feed, av.VideoFrame | None], moment: float,

@@ -140,7 +140,7 @@ class RecordingSession:
         """A playlist is stored: 307 for it, and 304 when it is the task's first (seed 002)."""
         for a in announcements:
             f = a.file
-            self.emit(FILE_SLICE, {"FileName": f.name, "UserId": f.user_id, "TrackType": f.track_type,
+            self.emit(FILE_SLICE, {"FileName": f.name, "UserId": f.user_id or "", "TrackType": f.track_type,
                                    "BeginTimeStamp": f.begin_timestamp_ms})
             if a.first:
                 self.emit(FILE_INFO, {"FileList": f.name})
@@ -511,7 +511,7 @@ class RecordingSession:
         return {
             "SdkAppId": str(room.sdk_app_id), "RoomId": str(room.room_id or ""), "StrRoomId": room.str_room_id or "",
             "UserId": self.spec.recorder_user_id, "TaskId": self.ctx.task_id,
-            "Files": [{"UserId": f.user_id, "RecordFile": self._record_url(f.key), "Status": 1 if f.stored else 0,
+            "Files": [{"UserId": f.user_id or "", "RecordFile": self._record_url(f.key), "Status": 1 if f.stored else 0,
                        "Message": f.result_message()} for f in self.ledger.files()],
         }
 
