@@ -110,3 +110,12 @@ async def watch(server: Any, room: str, identity: str, seconds: float, *, until:
         await asyncio.gather(follower, *subscriptions, return_exceptions=True)
         await conn.leave()
     return seen
+
+
+@pytest.fixture(scope="session")
+def rtmp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    from devstack.rtmp_server import RtmpServer
+
+    server = RtmpServer(tmp_path_factory.mktemp("rtmp"))
+    yield server
+    server.stop()

@@ -220,3 +220,44 @@ def test_a_bad_source_fails_with_a_message_that_names_it(pusher_operator, pushes
     assert message in st["result"]["errorMessage"] and "spec.videoSrc" in st["result"]["errorMessage"], st["result"]
     assert src.split("?")[0] in st["result"]["errorMessage"]
     assert st.get("failovers", 0) == 0
+
+
+def stop_process(proc: Any) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except Exception:  # noqa: BLE001
+        proc.kill()
+        proc.wait(5)
+
+
+@LIVEKIT_ONLY
+def test_a_live_rtmp_stream_is_relayed_survives_a_short_drop_and_fails_on_a_long_one(
+        pusher_operator, pushes, watcher, media_dir, rtmp_server, receiver):
+    stream = uuid.uuid4().hex[:8]
+    feed = rtmp_server.publish(media_dir / "pattern.mp4", stream)
+    try:
+        time.sleep(2)
+        watcher.start()
+        pushes.create(push("live", watcher, rtmp_server.url(stream), receiver, mode="live", liveReconnectSeconds=10))
+        st = pushes.wait_phase("live", "pushing", timeout=60)
+        assert "pass-through H.264 1280x720" in st["message"]
+        wait_for(lambda: sum(n > 0 for _, n, _, _ in watcher.seen.video) > 60, 60, what="live frames arriving")
+        stop_process(feed)
+        dropped_at = time.time()
+        time.sleep(5)
+        feed = rtmp_server.publish(media_dir / "pattern.mp4", stream)  # back after 5 s
+        wait_for(lambda: any(t > dropped_at + 5 and n > 0 for t, n, _, _ in watcher.seen.video), 60,
+                 what="frames after the short drop")
+        assert pushes.status("live")["phase"] == "pushing"
+        assert abs(watcher.seen.tone_hz() - pushmedia.TONE_HZ) < 10
+        stop_process(feed)  # gone for good
+        gone_at = time.time()
+        st = pushes.wait_phase("live", "failed", timeout=60)
+        assert time.time() - gone_at < 40
+        assert "did not come back within 10 s" in st["result"]["errorMessage"], st["result"]
+        assert rtmp_server.url(stream) in st["result"]["errorMessage"]
+        wait_for(lambda: 403 in receiver.types(), 30, what="403 delivered")
+        assert receiver.bodies[-1]["EventInfo"]["Payload"]["Status"] == 2
+    finally:
+        stop_process(feed)
