@@ -38,9 +38,9 @@ unit: venv
 	@$(PY) -m pytest -m 'not stack' -q
 
 # The whole suite against the real local stack (built on first run, reused after). Most stack tests
-# wait on real time (rooms, failovers, timeouts), so they run in parallel sessions: each has its own
+# wait on real time (rooms, failovers, timeouts), so they run in 2 parallel sessions: each has its own
 # namespaces, buckets and pod runner (TEST_WORKERS=1 for a serial run).
-TEST_WORKERS ?= 3
+TEST_WORKERS ?= 2
 test: stack-up
 	@$(PY) -m ruff check capstan devstack tests bench
 	@$(PY) -m mypy
