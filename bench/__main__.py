@@ -10,6 +10,8 @@ the same machine in the same run, never absolute timings asserted in tests.
 - operator (:mod:`bench.operator`): the operator with N tasks created at once (BENCH_OPERATOR_TASKS,
   default 1,000; quota 100) on the local stack: latencies, requests per task, CPU, RSS; not a ratio
   (there is no plain-FFmpeg counterpart); ``bench/results/operator.json``.
+- push (:mod:`bench.push`): one StreamPush of a 720p30 H.264 file into LiveKit, pass-through and
+  forced re-encode, beside ``ffmpeg -re`` copying and re-encoding; ``bench/results/push.json``.
 
 Each side runs in a child process reaped with ``os.wait4`` (CPU user+sys, peak RSS), alternately,
 three times each; medians and capstan/ffmpeg ratios are printed and written as JSON.
@@ -21,11 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import merge, recorder
+from bench import merge, push, recorder
 from bench import operator as operator_bench
 from bench.common import FFMPEG, RESULTS_DIR
 
-BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run}
+BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run, "push": push.run}
 
 
 def main(argv: list[str] | None = None) -> int:
