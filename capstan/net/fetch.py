@@ -10,9 +10,11 @@ a receiver trickling bytes cannot hold a try longer than that.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import socket
 import ssl
+from collections.abc import Iterator
 
 from capstan.net.urlpolicy import Resolver, Target, UrlPolicy, Use, system_resolver
 
@@ -47,6 +49,17 @@ def post(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, u
     socket operation.
     """
     target = policy.check(url, use, resolve or system_resolver(timeout))
+    with _connect(target, timeout, tls) as conn:
+        conn.request("POST", target.request_target, body=body, headers=headers)
+        response = conn.getresponse()
+        response.read(65536)
+        return response.status
+
+
+@contextlib.contextmanager
+def _connect(target: Target, timeout: float, tls: ssl.SSLContext | None) -> Iterator[http.client.HTTPConnection]:
+    """A connection to the first of the checked addresses that accepts one (nothing is sent to the
+    ones that do not); closed on exit."""
     last: OSError | None = None
     for address in target.addresses:
         conn: http.client.HTTPConnection
@@ -55,17 +68,16 @@ def post(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, u
         else:
             conn = _PinnedHTTPConnection(target, address, timeout)
         try:
-            try:
-                conn.connect()
-            except OSError as exc:  # try the next checked address; nothing was sent
-                last = exc
-                continue
-            conn.request("POST", target.request_target, body=body, headers=headers)
-            response = conn.getresponse()
-            response.read(65536)
-            return response.status
+            conn.connect()
+        except OSError as exc:  # try the next checked address
+            conn.close()
+            last = exc
+            continue
+        try:
+            yield conn
         finally:
             conn.close()
+        return
     assert last is not None
     raise last
 
@@ -80,31 +92,15 @@ def get(url: str, *, policy: UrlPolicy, use: Use, timeout: float, max_bytes: int
     at most ``max_bytes``. Raises UrlRefused before any connection when the policy refuses the URL,
     FetchFailed for another status or a body too large, OSError when the request fails."""
     target = policy.check(url, use, resolve or system_resolver(timeout))
-    last: OSError | None = None
-    for address in target.addresses:
-        conn: http.client.HTTPConnection
-        if target.scheme == "https":
-            conn = _PinnedHTTPSConnection(target, address, timeout, tls)
-        else:
-            conn = _PinnedHTTPConnection(target, address, timeout)
-        try:
-            try:
-                conn.connect()
-            except OSError as exc:
-                last = exc
-                continue
-            conn.request("GET", target.request_target)
-            response = conn.getresponse()
-            if response.status != 200:
-                raise FetchFailed(f"HTTP {response.status}")
-            body = response.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise FetchFailed(f"larger than {max_bytes} bytes")
-            return body
-        finally:
-            conn.close()
-    assert last is not None
-    raise last
+    with _connect(target, timeout, tls) as conn:
+        conn.request("GET", target.request_target)
+        response = conn.getresponse()
+        if response.status != 200:
+            raise FetchFailed(f"HTTP {response.status}")
+        body = response.read(max_bytes + 1)
+        if len(body) > max_bytes:
+            raise FetchFailed(f"larger than {max_bytes} bytes")
+        return body
 
 
 async def apost(url: str, body: bytes, headers: dict[str, str], *, policy: UrlPolicy, use: Use, deadline: float,
