@@ -260,7 +260,9 @@ class RecordingSession:
         first served (seed 002: up to 25 streams in a room)."""
         want = {t.track_id: t for t in self.state.published.values() if wanted(self.spec, t)}
         for rec in list(self.state.recordings.values()):
-            if _running(rec) and rec.track.track_id not in want:
+            # a track the spec no longer wants stops now; an unpublished one ends by itself once the
+            # frames already received are written (under load they may lag seconds behind)
+            if _running(rec) and rec.track.track_id not in want and rec.track.track_id in self.state.published:
                 assert rec.task is not None
                 rec.task.cancel()
         places = {_place(r.track) for r in self.state.recordings.values()
@@ -277,6 +279,9 @@ class RecordingSession:
             if existing is None:
                 existing = self._new_recording(track)
                 self.state.recordings[stream_key(track)] = existing
+            elif _running(existing):
+                assert existing.task is not None
+                existing.task.cancel()  # the previous publication's last frames: the new one goes on
             existing.track = track
             existing.task = asyncio.ensure_future(self._record(existing))
         self._report_left_out(tuple(sorted(set(left_out))))
