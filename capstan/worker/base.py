@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -141,24 +142,27 @@ class Worker:
     def on_spec_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._spec_listeners.append(listener)
 
-    def _write(self, status: dict[str, Any], what: str) -> bool:
-        """Patch our own status, retrying transient failures with backoff; False once given up.
-
-        A merge patch of the same fields is idempotent, so a try that timed out after the API
-        server applied it does no harm when repeated."""
+    def _retry(self, call: Callable[[], Any], what: str) -> tuple[bool, Any]:
+        """Call the API server, retrying transient failures with backoff; (False, None) once given up."""
         deadline = time.monotonic() + self.report_retry_seconds
         for tries in range(1, 1000):
             try:
-                self.resource.patch_status(status)
-                return True
+                return True, call()
             except Exception as exc:  # noqa: BLE001 - classified below; never fatal to the worker
                 pause = REPORT_BACKOFF[min(tries, len(REPORT_BACKOFF)) - 1]
                 if not is_transient(exc) or time.monotonic() + pause > deadline:
-                    log.warning("%s not written (try %d, giving up): %s", what, tries, exc)
-                    return False
-                log.warning("%s not written yet (try %d, retrying in %.1f s): %s", what, tries, pause, exc)
+                    log.warning("%s failed (try %d, giving up): %s", what, tries, exc)
+                    return False, None
+                log.warning("%s failed (try %d, retrying in %.1f s): %s", what, tries, pause, exc)
                 time.sleep(pause)
-        return False
+        return False, None
+
+    def _write(self, status: dict[str, Any], what: str) -> bool:
+        """Patch our own status; False once given up.
+
+        A merge patch of the same fields is idempotent, so a try that timed out after the API
+        server applied it does no harm when repeated."""
+        return self._retry(lambda: self.resource.patch_status(status), f"writing {what}")[0]
 
     def report(self, **status: Any) -> None:
         """Patch our own status (retried through transient failures); never fatal: the recording
@@ -231,7 +235,11 @@ class Worker:
     def run(self, body: Callable[[Worker], int]) -> int:
         signal.signal(signal.SIGTERM, lambda *_: self._on_sigterm())
         signal.signal(signal.SIGINT, lambda *_: self.request_stop("SIGINT"))
-        obj = self.resource.get()
+        # A slow API server at start must not cost an attempt (exit 1 is a failover): retried like writes.
+        read, obj = self._retry(self.resource.get, "reading the task")
+        if not read:
+            print("worker: could not read its task from the API server", file=sys.stderr)
+            return 1
         self.status_at_start = dict(obj.get("status") or {})
         self.events = list(self.status_at_start.get("events") or [])
         self._observe(obj)

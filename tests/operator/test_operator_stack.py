@@ -280,7 +280,7 @@ def test_a_task_the_worker_refuses_fails_clearly_without_failover(operator_facto
     # a custom window past the default canvas (1280x720): the API server cannot know the default
     region = {"userId": "a", "top": 0, "left": 1600, "width": 100, "height": 100}
     tasks.create(recording("mixed", recordMode="mix", mixLayout={"mode": "custom", "regions": [region]}))
-    st = tasks.wait_phase("mixed", "failed", timeout=60)
+    st = tasks.wait_phase("mixed", "failed", timeout=120)  # media mode imports PyAV first: slow when loaded
     assert st["attempt"] == 1 and st["failovers"] == 0
     assert st["result"]["errorCode"] == "InvalidParameter"
     assert st["result"]["errorMessage"].startswith("spec.mixLayout.regions[0]")
