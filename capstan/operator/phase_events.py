@@ -21,6 +21,22 @@ EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 
                  309: "ImageDownloadError", 310: "Mp4Stop", 311: "VodCommit", 312: "VodStop", 0: "Result",
                  401: "PushStart", 402: "PushResume", 403: "PushStop"}
 WARNING_TYPES = {308, 309}
+# Conditions a worker sets (the operator's own, Admitted/Queued/Finished, have their own Events):
+# each change of one becomes an Event, Warning while it is True.
+WORKER_CONDITIONS = frozenset({"StreamLimitReached"})
+
+
+def _mirror_conditions(body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:
+    seen = memo.get("worker_conditions")
+    now = {c.get("type"): (c.get("status"), c.get("lastTransitionTime"), c.get("reason"), c.get("message"))
+           for c in status.get("conditions") or [] if c.get("type") in WORKER_CONDITIONS}
+    memo["worker_conditions"] = now
+    if seen is None:
+        return  # first sight after a (re)start: these were mirrored before
+    for kind, (value, _, reason, message) in sorted(now.items()):
+        if seen.get(kind, (None,))[:2] != now[kind][:2]:
+            kopf.event(body, type="Warning" if value == "True" else "Normal", reason=kind if value == "True"
+                       else f"{kind}Cleared", message=f"{reason}: {message}"[:1000])
 
 
 def _mirror_outbox(info: KindInfo, body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:
@@ -54,6 +70,7 @@ def register(info: KindInfo) -> None:
                       **_: Any) -> None:
         if type != "DELETED":
             _mirror_outbox(info, body, status, memo)
+            _mirror_conditions(body, status, memo)
         phase = status.get("phase")
         last = memo.get("last_phase")
         if type == "DELETED" or not phase or phase == last:

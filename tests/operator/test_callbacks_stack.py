@@ -181,15 +181,22 @@ def test_missing_signing_key_is_a_clear_warning(operator, tasks, receiver):
 
 
 def test_a_failed_task_still_delivers_its_events(operator_factory, tasks, receiver, namespace):
-    """Events written before the worker failed for good are delivered after the task is `failed`."""
+    """The last attempt is SIGKILLed: what it wrote (301) and the closing events it could not send
+    (302, 305 with failure statuses, the result body; seed 002 / issue 8) reach the receiver, signed,
+    after the task is `failed`."""
     operator_factory(CAPSTAN_MAX_FAILOVERS="0")
     receiver.always_fail = True
     tasks.create(with_callback("cb-g", receiver))
     wait_for(lambda: receiver.tries >= 1, 30, what="301 tried")
     podrunner.kill_container(namespace, "cb-g-crec-a1", sig=signal.SIGKILL)
-    tasks.wait_phase("cb-g", "failed", timeout=40)
+    st = tasks.wait_phase("cb-g", "failed", timeout=40)
     receiver.always_fail = False
-    wait_for(lambda: receiver.types() == [301], 40, what="301 delivered after the task failed")
-    assert wait_for(lambda: (tasks.status("cb-g").get("callbacks") or {}).get("deliveredSeq") == 1, 20,
+    wait_for(lambda: receiver.types() == [301, 302, 305, 0], 40, what="301 and the closing events delivered")
+    assert wait_for(lambda: (tasks.status("cb-g").get("callbacks") or {}).get("deliveredSeq") == 4, 20,
                     what="delivery recorded")
-    assert not receiver.bad
+    assert not receiver.bad  # every one signed with the task's key
+    leave, upload, result = receiver.bodies[1:]
+    assert leave["EventInfo"]["Payload"] == {"LeaveCode": 3} and leave["EventInfo"]["TaskId"] == st["taskId"]
+    assert upload["EventInfo"]["Payload"] == {"Status": 1}
+    assert result["TaskId"] == st["taskId"] and result["UserId"] == "robot-cb-g" and result["Files"] == []
+    assert tasks.status("cb-g")["phase"] == "failed"

@@ -223,10 +223,15 @@ def test_streams_beyond_the_limit_are_reported_and_get_a_place_when_one_ends(rec
     wait_for(lambda: (c := condition()) is not None and c["status"] == "True", 30, what="the limit reported")
     assert "carol/main" in condition()["message"] and "carol" not in tasks.status("limit")["anchors"]
     assert "not recorded" in tasks.status("limit")["message"]
+    # and `kubectl describe` shows it: the operator mirrors the worker's condition as an Event
+    wait_for(lambda: any(r == "StreamLimitReached" and "carol/main" in m
+                         for r, m in tasks.events("limit")), 30, what="the StreamLimitReached Event")
     time.sleep(3)
     room.stop("bob")
     wait_for(lambda: tasks.status("limit").get("anchors") == ["alice", "carol"], 30, what="carol in bob's place")
     wait_for(lambda: condition()["status"] == "False", 30, what="the condition cleared")
+    wait_for(lambda: any(r == "StreamLimitReachedCleared" for r, _ in tasks.events("limit")), 30,
+             what="the Event of the cleared condition")
     time.sleep(4)
     tasks.patch_spec("limit", {"stop": True})
     st = tasks.wait_phase("limit", "finished", timeout=120)

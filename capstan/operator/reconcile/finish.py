@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from capstan.api.common import CallbackStatus, Phase
 from capstan.operator import callbacks as delivery
 from capstan.operator import children, kube, metrics
+from capstan.operator import closing as close
 from capstan.operator.phases import Decision, PodState
 from capstan.operator.reconcile import callbacks
 from capstan.operator.reconcile.conditions import condition, set_condition
@@ -39,6 +40,13 @@ def step(state: OperatorState, kind: KindState, task: Task, view: dict[str, Any]
     ended(state, task, plan, phase, (decision.event or ("", "", "done"))[2])
 
 
+def _seconds_since(stamp: Any) -> float:
+    if not stamp:
+        return 0.0
+    return max(0.0, (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+                     ).total_seconds())
+
+
 def ended(state: OperatorState, task: Task, plan: Plan, phase: str, message: str) -> None:
     """The common end of every final phase; the task's place goes to the next in the queue."""
     view = {**task.status, **plan.status}
@@ -47,6 +55,11 @@ def ended(state: OperatorState, task: Task, plan: Plan, phase: str, message: str
         plan.status["stopTime"] = plan.status["finishTime"]
     set_condition(view, plan.status, condition("Finished", True, phase.capitalize(), message,
                                                task.meta.get("generation")))
+    if phase == Phase.failed.value and task.info.plural == "cloudrecordings":
+        # the dead worker's closing events (302, 305, 310, the result) with failure statuses
+        closing = close.closing_events(task.spec, view, str((view.get("result") or {}).get("errorMessage") or message))
+        if closing:
+            plan.status["events"] = list(view.get("events") or []) + closing
     plan.freed = True
 
     def release() -> None:
@@ -54,6 +67,7 @@ def ended(state: OperatorState, task: Task, plan: Plan, phase: str, message: str
         with kind.quota_lock:
             kind.quota.end(task.uid)
         metrics.TASKS_ENDED.labels(task.info.plural, phase).inc()
+        metrics.TASK_DURATION.labels(task.info.plural, phase).observe(_seconds_since(view.get("createTime")))
 
     plan.after.append(release)
 
