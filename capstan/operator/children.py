@@ -148,6 +148,7 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
         # how long a SIGTERM without stop (drain, eviction) may spend storing the spool before exit
         {"name": "CAPSTAN_STOP_GRACE_SECONDS", "value": str(config.stop_grace_seconds)},
         {"name": "HOME", "value": "/tmp"},  # the root filesystem is read-only; caches go to the tmp volume
+        {"name": "CAPSTAN_METRICS_PORT", "value": str(config.worker_metrics_port)},
         *[{"name": k, "value": v} for k, v in sorted(config.worker_env.items())],
         *(extra_env or []),
     ]
@@ -167,6 +168,8 @@ def worker_pod(info: KindInfo, body: dict[str, Any], attempt: int, config: Opera
                 "env": env,
                 "volumeMounts": [{"name": "work", "mountPath": "/work"}, {"name": "tmp", "mountPath": "/tmp"}],
                 "resources": config.resources_for(info.worker),
+                **({"ports": [{"name": "metrics", "containerPort": config.worker_metrics_port, "protocol": "TCP"}]}
+                   if config.worker_metrics_port else {}),
                 "securityContext": CONTAINER_SECURITY_CONTEXT,
             }],
             "volumes": [{"name": "work", "persistentVolumeClaim": {"claimName": spool_claim_name(info, name)}},

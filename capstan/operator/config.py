@@ -58,6 +58,7 @@ class OperatorConfig:
     # Requests/limits per worker ("default", or a worker's name: recorder, pusher, panorama).
     worker_resources: dict[str, dict[str, Any]] = field(default_factory=lambda: {"default": DEFAULT_WORKER_RESOURCES})
     worker_uid: int = 10001  # the non-root user worker containers run as (the images' user)
+    worker_metrics_port: int = 9090  # each worker Pod serves /metrics here (the chart's PodMonitor); 0: off
     url_policy: UrlPolicy = field(default_factory=UrlPolicy)  # what tenant URLs may reach
 
     def image_for(self, worker: str) -> str:
@@ -97,6 +98,7 @@ class OperatorConfig:
             worker_images={w: os.environ[var] for w, var in WORKER_IMAGE_ENV.items() if os.environ.get(var)},
             worker_resources=_worker_resources(os.environ.get("CAPSTAN_WORKER_RESOURCES")),
             worker_uid=_int("CAPSTAN_WORKER_UID", 10001),
+            worker_metrics_port=_int("CAPSTAN_WORKER_METRICS_PORT", 9090),
             url_policy=UrlPolicy.from_env(),
         )
 

@@ -43,6 +43,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 32
     memo.capstan = OperatorState.create(CONFIG, _post_event)
+    metrics.track(memo.capstan)
     metrics.serve()
 
 

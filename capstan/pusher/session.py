@@ -30,6 +30,7 @@ from capstan.pusher.progress import ProgressRecord, RedisProgress, StartPlan
 from capstan.pusher.pump import AUDIO_RATE, Ended, Item, Reader
 from capstan.pusher.source import SourceError, SourceInfo, describe, open_container, probe
 from capstan.rooms.base import AudioOutput, Publisher, RoomBackend, VideoOutput
+from capstan.worker import metrics
 from capstan.worker.base import Worker, now
 
 log = logging.getLogger("capstan.pusher")
@@ -132,6 +133,7 @@ class PushSession:
                     for q in queues.values():
                         q.put_nowait(item)
                 else:
+                    metrics.RECEIVED[item.kind].inc()
                     queues[item.kind].put_nowait(item)
             loop.call_soon_threadsafe(deliver)
 
@@ -178,6 +180,7 @@ class PushSession:
             else:
                 out.write(item.payload, item.due)
             self.position = item.position
+            _sent("video", item, position=True)
 
     async def _send_audio(self, queue: asyncio.Queue[Item | Ended], out: AudioOutput, tracks_position: bool) -> None:
         while True:
@@ -188,6 +191,7 @@ class PushSession:
             await out.write(item.payload)
             if tracks_position:
                 self.position = item.position
+            _sent("audio", item, position=tracks_position)
 
     async def _wait_stop(self) -> None:
         while not self.worker.stop_event.is_set():
@@ -251,6 +255,13 @@ class PushSession:
     def close(self) -> None:
         if self.redis is not None:
             self.redis.close()
+
+
+def _sent(track: str, item: Item, position: bool) -> None:
+    metrics.SENT[track].inc()
+    metrics.DRIFT[track].set(time.time() - item.due)
+    if position:
+        metrics.PUSH_POSITION.set(item.position)
 
 
 async def _until(due: float) -> None:

@@ -27,6 +27,7 @@ from capstan.media.pipeline.encoding import AudioEncoder, AudioEncoding, VideoEn
 from capstan.media.pipeline.hls import FirstSegment, HlsOutput, HlsSink, SegmentInfo, StreamNames
 from capstan.media.pipeline.processing import AudioConverter, Scale, even
 from capstan.media.timeline import TS_HZ, CaptureClock
+from capstan.worker.metrics import DROPPED, RECEIVED
 
 __all__ = ["FirstSegment", "HlsOutput", "HlsTrackWriter", "HlsWriter", "SegmentInfo", "StreamNames"]
 
@@ -103,11 +104,14 @@ class HlsWriter:
         encoding = self.video_encoding
         if encoding is None or self.closed:
             raise RuntimeError("this writer has no open video track")
+        RECEIVED["video"].inc()
         ticks = self.clock.ticks(_capture_time(frame, capture_time))
         last = self._last_video_ticks
         if ticks is None or (last is not None and ticks <= last):
+            DROPPED["video"].inc()
             return  # before the start, or not after the previous picture: nothing sensible to show
         if last is not None and encoding.max_fps and ticks - last < MIN_PERIOD_FRACTION * TS_HZ / encoding.max_fps:
+            DROPPED["video"].inc()
             return  # faster than the frame rate the task asks for
         if last is not None and not encoding.max_fps and ticks - last < TS_HZ // 2:
             # at the source's own rate, a picture lasts as long as the source's pictures do
@@ -128,8 +132,10 @@ class HlsWriter:
         """Encode samples whose first one was captured at ``capture_time`` (Unix seconds)."""
         if self._audio is None or self.closed:
             raise RuntimeError("this writer has no open audio track")
+        RECEIVED["audio"].inc()
         ticks = self.clock.ticks(_capture_time(frame, capture_time))
         if ticks is None:
+            DROPPED["audio"].inc()
             return
         rate = self._convert.sample_rate
         position = self.clock.rescale(ticks, rate)

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from capstan.worker import metrics
+
 log = logging.getLogger(__name__)
 
 MIN_BACKOFF_SECONDS = 0.5
@@ -49,6 +51,7 @@ class Upload:
     content_type: str
     attempts: int = 0
     queued_at: float = field(default_factory=time.monotonic)
+    spooled_bytes: int | None = None  # its size while counted in capstan_worker_spool_bytes
 
 
 @dataclass
@@ -145,6 +148,7 @@ class Uploader:
             self._write_journal(item)
             self._supersede(key)
             self._queue.append(item)
+            self._spooled(item)
             self.stats.queued += 1
             self._cond.notify_all()
         # The worker's own record of every closed file (chaos tests count these against the bucket).
@@ -223,6 +227,7 @@ class Uploader:
                 continue
             except Exception as exc:  # noqa: BLE001 - every failure is retried
                 failures += 1
+                metrics.UPLOAD_RETRIES.inc()
                 self._failed(item, exc)
                 with self._cond:
                     self._queue.appendleft(item)
@@ -251,6 +256,10 @@ class Uploader:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(item.local_path)
         self._remove_journal(item)
+        self._unspooled(item)
+        if stored is not None:
+            metrics.UPLOADED_BYTES.inc(stored)
+            metrics.UPLOADED_OBJECTS.labels(metrics.object_type(item.key)).inc()
         with self._cond:
             self._inflight = None
             if stored is not None:
@@ -300,7 +309,24 @@ class Uploader:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(old.local_path)
             self._remove_journal(old)
+            self._unspooled(old)
             self.stats.superseded += 1
+
+    @staticmethod
+    def _spooled(item: Upload) -> None:
+        try:
+            item.spooled_bytes = os.path.getsize(item.local_path)
+        except OSError:
+            item.spooled_bytes = 0
+        metrics.SPOOL_BYTES.inc(item.spooled_bytes)
+        metrics.SPOOL_FILES.inc()
+
+    @staticmethod
+    def _unspooled(item: Upload) -> None:
+        if item.spooled_bytes is not None:
+            metrics.SPOOL_BYTES.dec(item.spooled_bytes)
+            metrics.SPOOL_FILES.dec()
+            item.spooled_bytes = None
 
     def _journal_path(self, item: Upload) -> Path:
         return self.journal_dir / f"{item.seq:012d}.json"
@@ -330,6 +356,7 @@ class Uploader:
                 continue
             self._supersede(item.key)
             self._queue.append(item)
+            self._spooled(item)
             self.stats.queued += 1
         for stale in self.journal_dir.glob("*.tmp"):
             stale.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from capstan.worker import metrics
 from capstan.worker.base import OwnResource, Worker, WorkerContext
 from capstan.worker.placeholder import run_until_stopped
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m capstan.worker {{{'|'.join(ENTRYPOINTS)}}}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics.serve()
     ctx = WorkerContext.from_env()
     worker = Worker(ctx, OwnResource(ctx))
     if os.environ.get("CAPSTAN_WORKER_MODE") == "base":

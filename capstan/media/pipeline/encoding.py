@@ -9,6 +9,7 @@ timeline's job) and the right size (the scaler's job).
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 
 from capstan.media.audio import AAC_FRAME, MP3_FRAME, AudioChunk
 from capstan.media.timeline import TS_HZ
+from capstan.worker.metrics import ENCODED, ENCODING
 
 DEFAULT_PRESET = "veryfast"
 # x264 rate control and GOP length need a frame rate; a stream kept at its own rate uses this hint.
@@ -90,7 +92,11 @@ class VideoEncoder:
     def encode(self, frame: av.VideoFrame, ticks: int, *, keyframe: bool) -> list[av.Packet]:
         frame.pts, frame.time_base = ticks, self._time_base
         frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
-        return list(self.stream.encode(frame))
+        started = time.perf_counter()
+        packets = list(self.stream.encode(frame))
+        ENCODING["video"].inc(time.perf_counter() - started)
+        ENCODED["video"].inc()
+        return packets
 
     def flush(self) -> list[av.Packet]:
         if self.flushed:
@@ -154,7 +160,11 @@ class AudioEncoder:
         samples = batch[0].samples if len(batch) == 1 else np.concatenate([c.samples for c in batch], axis=1)
         frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=self.encoding.layout)
         frame.sample_rate, frame.pts, frame.time_base = self.encoding.sample_rate, batch[0].pts, self._time_base
-        return list(self._encoder.encode(frame))
+        started = time.perf_counter()
+        packets = list(self._encoder.encode(frame))
+        ENCODING["audio"].inc(time.perf_counter() - started)
+        ENCODED["audio"].inc(len(batch))
+        return packets
 
     def _new_encoder(self) -> Any:
         e = self.encoding

@@ -9,6 +9,7 @@ every move of the queue.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from capstan.api import KindInfo
 from capstan.api.common import Phase
-from capstan.operator import kube
+from capstan.operator import kube, metrics
 from capstan.operator.admission import QueueEntry, place_worth_showing
 from capstan.operator.reconcile.conditions import condition, is_true, set_condition
 from capstan.operator.reconcile.state import KindState, OperatorState, resource_version
@@ -65,12 +66,14 @@ def step(state: OperatorState, kind: KindState, task: Task, view: dict[str, Any]
         set_condition(view, plan.status, condition("Admitted", True, "QuotaAvailable",
                                                    f"admitted under the limit of {cfg.max_tasks} tasks", generation))
         plan.events.append(("Normal", "Admitted", "admitted; starting the worker"))
+        plan.after.append(lambda: metrics.QUEUE_WAIT.labels(task.info.plural).observe(_age(task.meta)))
         return True
     if cfg.queue_policy == "refuse":
         message = f"the limit of {cfg.max_tasks} concurrent tasks is reached (RestrictedConcurrency)"
         plan.status["phase"] = Phase.failed.value
         plan.status["result"] = {"errorCode": "FailedOperation.RestrictedConcurrency", "errorMessage": message}
         plan.events.append(("Warning", "Refused", message))
+        plan.after.append(lambda: metrics.ADMISSIONS_REFUSED.labels(task.info.plural).inc())
         return False
     if not is_true(view, "Queued"):
         set_condition(view, plan.status, condition(
@@ -79,6 +82,15 @@ def step(state: OperatorState, kind: KindState, task: Task, view: dict[str, Any]
         plan.status["message"] = queued_message(place, cfg.max_tasks)
         plan.after.append(lambda: setattr(task.mem, "shown_place", place))
     return False
+
+
+def _age(meta: dict[str, Any]) -> float:
+    """Seconds since the object was created (its time in the queue when admitted now)."""
+    created = meta.get("creationTimestamp")
+    if not created:
+        return 0.0
+    since = dt.datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+    return max(0.0, (dt.datetime.now(dt.UTC) - since).total_seconds())
 
 
 def refresh_places(state: OperatorState, info: KindInfo, kind: KindState,

@@ -8,6 +8,7 @@ older, and an event must not be sent twice because of that.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any
 
 from capstan.api.common import CallbackStatus, Phase, TaskEvent, prune_events
@@ -80,7 +81,11 @@ def _job(state: OperatorState, task: Task, current: CallbackStatus) -> Any:
             return await asyncio.to_thread(kube.read_secret_key, ns, name, key)
 
         async def send(url: str, data: bytes, headers: dict[str, str]) -> str | None:
-            return await dispatcher.send(url, data, headers, cfg.callback_timeout, cfg.url_policy)
+            started = time.monotonic()
+            try:
+                return await dispatcher.send(url, data, headers, cfg.callback_timeout, cfg.url_policy)
+            finally:
+                metrics.CALLBACK_DURATION.labels(info.plural).observe(time.monotonic() - started)
 
         return await delivery.adeliver_due(info, spec, st, current, read_key, send, cfg.callback_give_up_seconds)
     return job

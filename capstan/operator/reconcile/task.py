@@ -137,6 +137,9 @@ def reconcile(state: OperatorState, info: KindInfo, body: dict[str, Any], pods: 
             except Stale:
                 if not task.refresh():
                     return False
+            except Exception:
+                metrics.RECONCILE_ERRORS.labels(info.plural).inc()
+                raise
         log.info("%s/%s changed under %d passes in a row; the next event decides", task.namespace, task.name,
                   MAX_PASSES)
         return False
