@@ -79,6 +79,12 @@ class SyntheticAnchor:
         self.publisher: Any = None
         self.tasks: list[asyncio.Task[None]] = []
         self.aux: tuple[Any, asyncio.Task[None]] | None = None
+        self.camera: av.VideoFrame | None = None  # the main picture now sent (switch_camera changes it)
+
+    def switch_camera(self, size: tuple[int, int], color: tuple[int, int, int]) -> None:
+        """From the next frame on, send a picture of another size (a camera switching 720p to 360p
+        under congestion): the same track, its resolution changing mid-stream."""
+        self.camera = solid_frame(color, *size)
 
     async def start(self, timeout: float = 20.0) -> SyntheticAnchor:
         """Join, publish, and return once the room server has the tracks."""
@@ -94,7 +100,8 @@ class SyntheticAnchor:
         width, height = self.size
         if self.video:
             out = await pub.add_video(MediaId.MAIN, width, height)
-            self.tasks.append(asyncio.create_task(self._send_video(out, solid_frame(self.color, width, height))))
+            self.camera = solid_frame(self.color, width, height)
+            self.tasks.append(asyncio.create_task(self._send_video(out, None)))
         if self.tone_hz is not None:
             audio = await pub.add_audio(MediaId.MAIN, AUDIO_RATE, 1)
             self.tasks.append(asyncio.create_task(self._send_audio(audio, self.tone_hz)))
@@ -120,11 +127,12 @@ class SyntheticAnchor:
             task.cancel()
             await self.publisher.remove(out)
 
-    async def _send_video(self, out: Any, picture: av.VideoFrame) -> None:
+    async def _send_video(self, out: Any, picture: av.VideoFrame | None) -> None:
+        """Paced frames of `picture` (None: the camera's current picture)."""
         pace = Paced(1.0 / self.fps)
         while True:
             _, due = await pace.next()
-            out.write(picture, due)
+            out.write(picture or self.camera, due)
 
     async def _send_audio(self, out: Any, tone_hz: float) -> None:
         pace = Paced(AUDIO_PTIME)

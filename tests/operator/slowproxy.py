@@ -22,12 +22,19 @@ class SlowProxy:
         self.window_until = 0.0
         self.hold = 0.0
         self.held = 0  # requests whose answer was held
+        self.cut_until = 0.0
+        self.cut = 0  # requests and connections cut during an outage
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def slow_window(self, seconds: float, hold: float) -> None:
         """For the next `seconds`, every request started gets its answer `hold` seconds late."""
         self.hold, self.window_until = hold, time.monotonic() + seconds
+
+    def outage(self, seconds: float) -> None:
+        """For the next `seconds` the API server is away for new requests: a connection opened or a
+        request sent in that time is cut (a watch already streaming its answer goes on)."""
+        self.cut_until = time.monotonic() + seconds
 
     def close(self) -> None:
         self._stop.set()
@@ -39,6 +46,10 @@ class SlowProxy:
                 conn, _ = self.listener.accept()
             except OSError:
                 return
+            if time.monotonic() < self.cut_until:
+                self.cut += 1
+                conn.close()
+                continue
             try:
                 up = socket.create_connection(self.upstream, timeout=5)
             except OSError:
@@ -53,6 +64,9 @@ class SlowProxy:
         try:
             while data := src.recv(65536):
                 now = time.monotonic()
+                if now < self.cut_until:
+                    self.cut += 1
+                    break  # the request is lost with its connection
                 if now < self.window_until and answer_at[0] < now:
                     answer_at[0] = now + self.hold
                     self.held += 1

@@ -1,7 +1,8 @@
-"""A worker's final status patch answered slowly (issue 11: 3 of 100 clean stops ended `failed`
-when a patch hit the client's read timeout during a stop burst). The worker talks to the real API
-server through a proxy that holds the answer to its final patch past the client's 10 s timeout;
-the patch is retried and the task still ends `finished`."""
+"""A worker's final status patch answered slowly, or not at all for a while (issue 11: 3 of 100
+clean stops ended `failed` when a patch hit the client's read timeout during a stop burst; issue 9:
+an API outage at the end lost the closing events). The worker talks to the real API server through
+a proxy that holds the answers (or cuts the requests) of its last writes; they are retried and the
+task still ends `finished`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from devstack.harness import OperatorProcess
 from devstack.pytest_plugin import prepare_namespace
 from tests.conftest import wait_for
 from tests.operator.slowproxy import SlowProxy
-from tests.operator.test_operator_stack import USE
+from tests.operator.test_callbacks_stack import KEY, Receiver
+from tests.operator.test_operator_stack import USE, Tasks, recording
 
 HOLD = TIMEOUT + 5  # the answer arrives after the worker's client has given up on it
 
@@ -87,3 +89,36 @@ def test_a_slow_answer_to_the_workers_final_status_patch_still_ends_finished(sta
         assert pod.status.container_statuses[0].state.terminated.exit_code == 0
     finally:
         operator.stop()
+
+
+def test_an_api_outage_at_the_end_loses_none_of_the_closing_events(stack, kube_api, slow_api_namespace, tmp_path):
+    """The API server is away for the worker for 8 s from the stop on: its 302 and final status are
+    retried through the outage (they were given up after 1.5 s), delivered, and the task finishes."""
+    namespace, proxy = slow_api_namespace
+    receiver = Receiver()
+    core, api = client.CoreV1Api(kube_api), client.CustomObjectsApi(kube_api)
+    env = {**os.environ, **stack.env(), "CAPSTAN_METRICS_PORT": "0", "CAPSTAN_RECONCILE_INTERVAL": "1",
+           "CAPSTAN_STOP_GRACE_SECONDS": "60", "PYTHONUNBUFFERED": "1",
+           "CAPSTAN_WORKER_ENV_CAPSTAN_WORKER_MODE": "base", "CAPSTAN_URL_ALLOW_CIDRS": "127.0.0.0/8"}
+    operator = OperatorProcess(namespace, env, tmp_path / "operator.log")
+    operator.start()
+    try:
+        tasks = Tasks(kube_api, namespace).create_credentials()
+        core.create_namespaced_secret(namespace, {"metadata": {"name": "callback-key", **USE},
+                                                  "stringData": {"key": KEY}}, _request_timeout=30)
+        tasks.create(recording("outage", callback={"url": receiver.url,
+                                                   "signingKeySecretRef": {"name": "callback-key", "key": "key"}}))
+        wait_for(lambda: receiver.types() == [301], 60, what="301 delivered")
+        proxy.outage(8)
+        api.patch_namespaced_custom_object(GROUP, VERSION, namespace, "cloudrecordings", "outage",
+                                           {"spec": {"stop": True}}, _request_timeout=30)
+        st = tasks.wait_phase("outage", "finished", timeout=90)
+        wait_for(lambda: receiver.types() == [301, 302], 30, what="302 delivered after the outage")
+        assert proxy.cut >= 1 and not receiver.bad
+        log = (podrunner.pod_dir(namespace, "outage-crec-a1") / "recorder.log").read_text()
+        assert "failed (try 1, retrying in" in log, log[-2000:]
+        assert st["stopTime"] and "stopped: spec.stop is true" in st["message"]
+        assert st["callbacks"]["delivered"] == 2
+    finally:
+        operator.stop()
+        receiver.close()

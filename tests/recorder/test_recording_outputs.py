@@ -75,6 +75,40 @@ def test_each_anchor_is_recorded_at_its_own_size(recorder, tasks, room, s3, buck
             assert np.abs(picture[y, x] - color).max() < 40, (user, y, x, picture[y, x])
 
 
+def test_a_camera_switching_resolution_mid_stream_is_recorded_unsqueezed(recorder, tasks, room, s3, bucket):
+    """A 1280x720 camera drops to 640x360 (congestion) on the same track: the stored size stays
+    1280x720 and the smaller pictures are scaled up edge to edge, in the segments and in the MP4."""
+    recorder()
+    red, green = (200, 40, 40), (40, 200, 40)
+    anchor = room.start("alice", size=(1280, 720))
+    anchor.switch_camera((1280, 720), red)
+    tasks.create(recording("switch", room, bucket, output={"formats": ["hls", "mp4"], "prefix": "rec",
+                                                            "segmentSeconds": 2}, video={"bitrate": 600000, "gop": 2}))
+    tasks.wait_phase("switch", "recording", timeout=60)
+    time.sleep(5)
+    anchor.switch_camera((640, 360), green)
+    switched = time.time()
+    time.sleep(6)
+    tasks.patch_spec("switch", {"stop": True})
+    st = tasks.wait_phase("switch", "finished", timeout=180)
+    stored = objects(s3, bucket, st["taskId"])
+    text = stored[naming.single_playlist_name(SDKAPPID, room.name, "alice", "main", "video")].decode()
+    assert "#EXT-X-TRTC-VIDEO-METADATA:WIDTH:1280 HEIGHT:720" in text
+    entries = playlist.parse(text).entries
+    last = entries[-1].uri
+    assert naming.parse_name(last).start.timestamp() > switched + 1  # a segment wholly after the switch
+    mp4 = stored[naming.single_mp4_name(SDKAPPID, room.name, "alice", "main", 1)]
+    for data, what in ((stored[last], "last segment"), (mp4, "mp4")):
+        assert video_size(data) == (1280, 720), what
+        pictures, _ = decode(data, "video")
+        picture = pictures[-2]
+        assert picture.shape == (720, 1280, 3), what
+        for y, x in ((360, 640), (4, 4), (715, 1275)):  # edge to edge: scaled up, not boxed or squeezed
+            assert np.abs(picture[y, x] - np.array(green)).max() < 40, (what, y, x, picture[y, x])
+    first_pictures, _ = decode(stored[entries[0].uri], "video")
+    assert np.abs(first_pictures[len(first_pictures) // 2][360, 640] - np.array(red)).max() < 40
+
+
 @pytest.mark.parametrize(("formats", "stream_type", "suffix"), [(["mp4"], "audioVideo", ".mp4"),
                                                                 (["mp3"], "audio", ".mp3")])
 def test_only_the_formats_asked_for_are_kept(formats, stream_type, suffix, recorder, tasks, room, s3, bucket,
