@@ -113,9 +113,9 @@ class MixRecordingSession(RecordingSession):
         self._lay_out()
         self.loop.run_in_executor(None, self._refresh_images)
         anchors = sorted({f.track.user_id for f in self.feedings.values()})
-        self.worker.report(phase="recording" if anchors else "idle", anchors=anchors,
-                           message=f"attempt {self.ctx.attempt}: mixing {len(anchors)} anchors "
-                                   f"({self._layout_mode()} layout)")
+        self.report_soon(phase="recording" if anchors else "idle", anchors=anchors,
+                         message=f"attempt {self.ctx.attempt}: mixing {len(anchors)} anchors "
+                                 f"({self._layout_mode()} layout)")
 
     def _layout_mode(self) -> str:
         return str(self.spec.mix_layout.mode) if self.spec.mix_layout is not None else "grid"

@@ -110,9 +110,20 @@ class RecordingSession:
         self.upload_grace = float(os.environ.get("CAPSTAN_UPLOAD_GRACE_SECONDS", UPLOAD_GRACE_SECONDS))
         self._also_on_stored = uploader.on_stored
         uploader.on_stored = self._on_stored
+        # Status writes from the room loop go through one thread, in order: an API brownout (a write
+        # is retried for up to a minute) must not stall the loop that feeds every track's frames.
+        self._status_writes = ThreadPoolExecutor(1, thread_name_prefix="status")
         # An earlier attempt's files stay in status.files and the result (a failover adds, never replaces).
         self.ledger.earlier([KeptFile.from_status(f) for f in worker.status_at_start.get("files") or []
                              if isinstance(f, dict) and f.get("fileName")])
+
+    def report_soon(self, **status: Any) -> None:
+        """`worker.report` off the calling thread (the room loop), after the writes queued before."""
+        self._status_writes.submit(self.worker.report, **status)
+
+    def _reports_written(self) -> None:
+        """Wait for the queued status writes, so the closing ones follow them."""
+        self._status_writes.submit(lambda: None).result()
 
     # --- events to the outbox -------------------------------------------------------------
 
@@ -289,7 +300,7 @@ class RecordingSession:
         message = f"attempt {self.ctx.attempt}: recording {len(places)} streams of {len(anchors)} anchors"
         if self.state.left_out:
             message += f"; not recorded (limit of {self.max_streams} streams): {', '.join(self.state.left_out)}"
-        self.worker.report(phase="recording" if places else "idle", anchors=anchors, message=message)
+        self.report_soon(phase="recording" if places else "idle", anchors=anchors, message=message)
 
     def _report_left_out(self, left_out: tuple[str, ...]) -> None:
         """Streams beyond the limit: a condition on the resource (and the status message), never silence."""
@@ -304,8 +315,7 @@ class RecordingSession:
         else:
             condition = {"type": STREAM_LIMIT_CONDITION, "status": "False", "reason": "WithinLimit",
                          "message": f"every wanted stream is recorded (limit {self.max_streams})"}
-        assert self.loop is not None
-        self.loop.run_in_executor(None, self._set_condition, condition)
+        self._status_writes.submit(self._set_condition, condition)
 
     def _set_condition(self, condition: dict[str, Any]) -> None:
         """Replace our condition type in status.conditions, keeping the operator's."""
@@ -360,6 +370,7 @@ class RecordingSession:
         the grace period allows -- the rest stays on the task's spool for the next attempt -- and exit
         non-zero so the operator fails over. No 302: the task goes on."""
         grace = float(os.environ.get("CAPSTAN_STOP_GRACE_SECONDS", "30"))
+        self._reports_written()
         self._end_earlier_playlists()
         stored = self.uploader.flush(timeout=max(grace - DRAIN_MARGIN_SECONDS, 1.0))
         waiting = len(self.uploader.pending())
@@ -413,6 +424,7 @@ class RecordingSession:
         305 follows seed 002: 0 when everything is stored; 1 when the task ended with files still
         waiting (after ``upload_grace``), then 2 once those were stored after all.
         """
+        self._reports_written()
         # the segments closed when the room was left are usually stored in a moment: their 307s then
         # come before 302, as the writers' order has it; an outage delays 302 by this much at most
         self.uploader.flush(timeout=min(STOP_UPLOAD_WAIT_SECONDS, self.upload_grace))
