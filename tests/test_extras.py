@@ -30,6 +30,8 @@ ENTRYPOINTS = {
     "pusher": ["capstan.worker.__main__", "capstan.pusher.main", "capstan.rooms.livekit", "capstan.rooms.janus"],
     "panorama": ["capstan.worker.__main__", "capstan.panorama.main"],
     "merge": ["capstan.merge.cli"],
+    "gateway": ["capstan.gateway.__main__", "capstan.gateway.http", "capstan.gateway.kube",
+                "capstan.gateway.service"],
 }
 INSTALL_TIMEOUT = 900
 

@@ -20,6 +20,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 USER_ID_PATTERN = r"^[A-Za-z0-9_\-@.]{1,64}$"
 STR_ROOM_ID_PATTERN = r"^[A-Za-z0-9 !#$%&()+\-:;<=.>?@\[\]^_{}|~,]{1,64}$"
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+# A task id chosen before the resource exists (the TRTC gateway answers CreateCloudRecording with it):
+# the operator adopts this annotation's value as status.taskId when it is a well-formed id.
+TASK_ID_ANNOTATION = "capstan.dev/task-id"
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_\-]{7,63}$"
 
 
 def cel(rule: str, message: str, *, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from capstan.api import KindInfo
-from capstan.api.common import Phase
+from capstan.api.common import TASK_ID_ANNOTATION, TASK_ID_PATTERN, Phase
 from capstan.operator import children, kube, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.phases import TERMINAL, Action, PodObservation, TaskObservation, decide
@@ -192,7 +193,8 @@ def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
 def _accept(task: Task, plan: Plan) -> None:
     """A new task: its stable id, phase `normal`, the room for `kubectl get`."""
     room = task.spec.get("room") or {}
-    task_id = str(uuid.uuid4())
+    chosen = str((task.meta.get("annotations") or {}).get(TASK_ID_ANNOTATION) or "")
+    task_id = chosen if re.fullmatch(TASK_ID_PATTERN, chosen) else str(uuid.uuid4())
     plan.status.update({
         "taskId": task_id, "phase": Phase.normal.value, "createTime": now(),
         "room": str(room.get("roomId") or room.get("strRoomId") or ""), "attempt": 0, "failovers": 0})
