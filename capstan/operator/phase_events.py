@@ -23,7 +23,7 @@ EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 
 WARNING_TYPES = {308, 309}
 # Conditions a worker sets (the operator's own, Admitted/Queued/Finished, have their own Events):
 # each change of one becomes an Event, Warning while it is True.
-WORKER_CONDITIONS = frozenset({"StreamLimitReached"})
+WORKER_CONDITIONS = frozenset({"StreamLimitReached", "LocalDiskFull"})
 
 
 def _mirror_conditions(body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:

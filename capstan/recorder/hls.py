@@ -24,7 +24,7 @@ import av
 
 from capstan.media.audio import AudioFramer
 from capstan.media.pipeline.encoding import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
-from capstan.media.pipeline.hls import FirstSegment, HlsOutput, HlsSink, SegmentInfo, StreamNames
+from capstan.media.pipeline.hls import FirstSegment, HlsOutput, HlsSink, SegmentInfo, SegmentNaming, StreamNames
 from capstan.media.pipeline.processing import AudioConverter, Scale, even
 from capstan.media.timeline import TS_HZ, CaptureClock
 from capstan.worker.metrics import DROPPED, RECEIVED
@@ -37,15 +37,16 @@ MIN_PERIOD_FRACTION = 0.75
 
 
 class HlsWriter:
-    def __init__(self, names: StreamNames, output: HlsOutput, *, video: VideoEncoding | None = None,
+    def __init__(self, names: SegmentNaming, output: HlsOutput, *, video: VideoEncoding | None = None,
                  audio: AudioEncoding | None = None,
-                 on_first_segment: Callable[[FirstSegment], None] | None = None) -> None:
+                 on_first_segment: Callable[[FirstSegment], None] | None = None,
+                 on_disk: Callable[[str | None], None] | None = None) -> None:
         if video is None and audio is None:
             raise ValueError("a writer needs a video or an audio track")
         self.names, self.output = names, output
         self.video_encoding, self.audio_encoding = video, audio
         self.clock = CaptureClock()
-        self.sink = HlsSink(names, output, self.clock, on_first_segment=on_first_segment)
+        self.sink = HlsSink(names, output, self.clock, on_first_segment=on_first_segment, on_disk=on_disk)
         self.closed = False
         self._scale: Scale | None = None
         self._video: VideoEncoder | None = None
@@ -193,11 +194,12 @@ class HlsTrackWriter(HlsWriter):
     """One track (audio or video) of one anchor's stream: the single-stream recording unit."""
 
     def __init__(self, names: StreamNames, output: HlsOutput, encoding: VideoEncoding | AudioEncoding, *,
-                 on_first_segment: Callable[[FirstSegment], None] | None = None) -> None:
+                 on_first_segment: Callable[[FirstSegment], None] | None = None,
+                 on_disk: Callable[[str | None], None] | None = None) -> None:
         if isinstance(encoding, VideoEncoding):
-            super().__init__(names, output, video=encoding, on_first_segment=on_first_segment)
+            super().__init__(names, output, video=encoding, on_first_segment=on_first_segment, on_disk=on_disk)
         else:
-            super().__init__(names, output, audio=encoding, on_first_segment=on_first_segment)
+            super().__init__(names, output, audio=encoding, on_first_segment=on_first_segment, on_disk=on_disk)
 
 
 def _capture_time(frame: av.VideoFrame | av.AudioFrame, capture_time: float | None) -> float:

@@ -15,6 +15,7 @@ import contextlib
 import datetime
 import logging
 import os
+import threading
 import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,7 @@ UPLOAD_GRACE_SECONDS = 30.0
 STOP_UPLOAD_WAIT_SECONDS = 5.0
 PRESIGNED_URL_SECONDS = 7 * 24 * 3600  # the longest an S3 (SigV4) presigned URL may live
 STREAM_LIMIT_CONDITION = "StreamLimitReached"
+DISK_FULL_CONDITION = "LocalDiskFull"
 
 
 @dataclass
@@ -113,6 +115,8 @@ class RecordingSession:
         # Status writes from the room loop go through one thread, in order: an API brownout (a write
         # is retried for up to a minute) must not stall the loop that feeds every track's frames.
         self._status_writes = ThreadPoolExecutor(1, thread_name_prefix="status")
+        self._disk_lock = threading.Lock()
+        self._disk_full: dict[str, str] = {}  # playlist -> why, while its disk is full
         # An earlier attempt's files stay in status.files and the result (a failover adds, never replaces).
         self.ledger.earlier([KeptFile.from_status(f) for f in worker.status_at_start.get("files") or []
                              if isinstance(f, dict) and f.get("fileName")])
@@ -317,6 +321,23 @@ class RecordingSession:
                          "message": f"every wanted stream is recorded (limit {self.max_streams})"}
         self._status_writes.submit(self._set_condition, condition)
 
+    def _on_disk(self, playlist: str, why: str | None) -> None:
+        """Writer thread: a stream's disk is full (why) or written again (None): a condition, never silence."""
+        with self._disk_lock:
+            if why is None:
+                self._disk_full.pop(playlist, None)
+            else:
+                self._disk_full[playlist] = why
+            full = sorted(self._disk_full)
+        if full:
+            condition = {"type": DISK_FULL_CONDITION, "status": "True", "reason": "NoSpaceLeft",
+                         "message": f"local disk full: {len(full)} streams drop their frames until space is "
+                                    f"free: {', '.join(full)}"[:1000]}
+        else:
+            condition = {"type": DISK_FULL_CONDITION, "status": "False", "reason": "SpaceAvailable",
+                         "message": "every stream writes again"}
+        self._status_writes.submit(self._set_condition, condition)
+
     def _set_condition(self, condition: dict[str, Any]) -> None:
         """Replace our condition type in status.conditions, keeping the operator's."""
         try:
@@ -335,7 +356,8 @@ class RecordingSession:
         output = HlsOutput(self.work / "segments" / f"{track.user_id}-{track.media_id.value}-{track.kind.value}",
                            self.uploader, segment_seconds=self.spec.output.segment_seconds,
                            key_prefix=self.spec.output.prefix, task_id=self.ctx.task_id)
-        writer = HlsTrackWriter(names, output, encoding, on_first_segment=self._on_first_segment)
+        writer = HlsTrackWriter(names, output, encoding, on_first_segment=self._on_first_segment,
+                                on_disk=lambda why: self._on_disk(names.playlist, why))
         return TrackRecording(track, writer, ThreadPoolExecutor(1, thread_name_prefix=f"enc-{track.user_id}"))
 
     async def _record(self, rec: TrackRecording) -> None:

@@ -7,16 +7,25 @@ the bucket never lists a missing file); a crash therefore loses at most the open
 (DESIGN §6). Each segment is a fresh TS container fed with the encoders' packets; timestamps
 continue across segments, as in any HLS recorder. ``#EXT-X-TRTC-VIDEO-METADATA`` gives the
 stored picture size.
+
+A full local disk (ENOSPC) does not end the stream: the open segment is given up (it cannot be
+written), packets are dropped, and every :data:`DISK_RETRY_SECONDS` a new segment is tried at the
+next cut point; ``on_disk`` tells the worker when the disk is full and when it writes again. What
+was closed before is with the uploader already.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import av
 
@@ -30,6 +39,20 @@ PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
 # Let the TS muxer pack several AAC frames into one PES (max_delay; without it every 21 ms frame
 # costs its own PES and TS packets, ~2.5x the size) but keep our timestamps as they are (copyts).
 TS_OPTIONS = {"max_delay": "500000", "mpegts_copyts": "1"}
+DISK_RETRY_SECONDS = 2.0
+log = logging.getLogger(__name__)
+
+
+class SegmentNaming(Protocol):
+    """What a sink needs to name its files; :class:`StreamNames` spells TRTC's names, a web recording its own."""
+
+    @property
+    def playlist(self) -> str: ...
+
+    @property
+    def user_id(self) -> str | None: ...
+
+    def segment(self, start: datetime) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,42 @@ class StreamNames:
 
 
 @dataclass(frozen=True)
+class HlsEncryption:
+    """HLS AES-128 (RFC 8216 4.3.2.4): each closed segment is encrypted whole with AES-128-CBC and
+    PKCS#7 padding, its IV the segment's media sequence number; players fetch the key from ``key_uri``."""
+
+    key: bytes = field(repr=False)
+    key_uri: str
+
+    def __post_init__(self) -> None:
+        if len(self.key) != 16:
+            raise ValueError("an AES-128 key has 16 bytes (32 hex characters)")
+
+    @classmethod
+    def from_hex(cls, key_hex: str, key_uri: str) -> HlsEncryption:
+        try:
+            key = bytes.fromhex(key_hex.strip())
+        except ValueError:
+            raise ValueError("the key is not hexadecimal (32 hex characters)") from None
+        return cls(key, key_uri)
+
+    def encrypt(self, data: bytes, sequence: int) -> bytes:
+        from cryptography.hazmat.primitives import padding
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        padder = padding.PKCS7(128).padder()
+        padded = padder.update(data) + padder.finalize()
+        encryptor = Cipher(algorithms.AES(self.key), modes.CBC(sequence.to_bytes(16, "big"))).encryptor()
+        return encryptor.update(padded) + encryptor.finalize()
+
+    def seal(self, path: Path, sequence: int) -> None:
+        """Encrypt the segment file in place (through a temporary file, so it is never half-written)."""
+        tmp = path.with_name(path.name + ".enc")
+        tmp.write_bytes(self.encrypt(path.read_bytes(), sequence))
+        os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
 class HlsOutput:
     """Where one stream's segments go: a local directory, then (optionally) the uploader."""
 
@@ -78,6 +137,8 @@ class HlsOutput:
     key_prefix: str | None = None
     task_id: str | None = None
     keep_segments: bool = False  # keep a local copy (tests, benchmarks) besides the uploaded one
+    live_playlist: bool = True  # upload the playlist after every segment; False: only the final one
+    encryption: HlsEncryption | None = None
 
     def key(self, name: str) -> str:
         return naming.object_key(name, prefix=self.key_prefix, task_id=self.task_id)
@@ -117,9 +178,14 @@ class _Segment:
 
 
 class HlsSink:
-    def __init__(self, names: StreamNames, output: HlsOutput, clock: CaptureClock, *,
-                 on_first_segment: Callable[[FirstSegment], None] | None = None) -> None:
+    def __init__(self, names: SegmentNaming, output: HlsOutput, clock: CaptureClock, *,
+                 on_first_segment: Callable[[FirstSegment], None] | None = None,
+                 on_disk: Callable[[str | None], None] | None = None) -> None:
         self.names, self.output, self.clock = names, output, clock
+        self.on_disk = on_disk  # (why) when the local disk is full, (None) when writing again
+        self.disk_full = False  # since a write failed with ENOSPC, until a segment is written again
+        self._retry_at: float | None = None  # monotonic: when to try a new segment after ENOSPC
+        self.dropped_for_disk = 0  # packets
         output.work_dir.mkdir(parents=True, exist_ok=True)
         self.on_first_segment = on_first_segment
         self.segment_ticks = round(output.segment_seconds * TS_HZ)
@@ -147,6 +213,42 @@ class HlsSink:
         return None if self._segment is None else self._segment.start_ticks + self.segment_ticks
 
     def mux(self, packet: av.Packet, kind: str) -> None:
+        if self._retry_at is not None:
+            if time.monotonic() < self._retry_at or not (kind == self.driver and (kind == "audio"
+                                                                                  or packet.is_keyframe)):
+                self.dropped_for_disk += 1
+                return
+            self._retry_at = None  # try a new segment from this packet on
+        try:
+            self._mux(packet, kind)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            self._out_of_space(exc)
+
+    def _out_of_space(self, exc: OSError) -> None:
+        """Give up the open segment (it cannot be written) and retry later; the closed ones are safe."""
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            with contextlib.suppress(Exception):
+                segment.container.close()
+            Path(str(segment.path) + ".part").unlink(missing_ok=True)
+        self._retry_at = time.monotonic() + DISK_RETRY_SECONDS
+        if not self.disk_full:
+            self.disk_full = True
+            why = f"local disk full ({exc.strerror}): {self.names.playlist} drops its frames until space is free"
+            log.warning("%s", why)
+            if self.on_disk is not None:
+                self.on_disk(why)
+
+    def _disk_writes_again(self) -> None:
+        """A segment reached the disk after it was full."""
+        self.disk_full = False
+        log.info("%s: writing again after %d packets dropped (disk full)", self.names.playlist, self.dropped_for_disk)
+        if self.on_disk is not None:
+            self.on_disk(None)
+
+    def _mux(self, packet: av.Packet, kind: str) -> None:
         tb = packet.time_base
         if packet.pts is None or tb is None:
             return
@@ -171,7 +273,12 @@ class HlsSink:
     def close(self) -> list[SegmentInfo]:
         """Finish the open segment and write the final playlist (``#EXT-X-ENDLIST``)."""
         if self._segment is not None:
-            self._close(None)
+            try:
+                self._close(None)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                self._out_of_space(exc)
         if self.segments:
             self._publish_playlist(ended=True)
         return self.segments
@@ -179,10 +286,12 @@ class HlsSink:
     def render_playlist(self, *, ended: bool) -> str:
         assert self.clock.start is not None
         size = self.video_size
+        encryption = self.output.encryption
         return playlist.render(playlist.Playlist(
             entries=[playlist.PlaylistEntry(s.duration, s.name) for s in self.segments],
             start_rec_time_ms=round(self.clock.start * 1000),
-            width=size[0] if size else None, height=size[1] if size else None, ended=ended))
+            width=size[0] if size else None, height=size[1] if size else None, ended=ended,
+            key_uri=encryption.key_uri if encryption is not None else None))
 
     def _open(self, start_ticks: int) -> _Segment:
         name = self.names.segment(datetime.fromtimestamp(self.clock.wall(start_ticks), UTC))
@@ -201,6 +310,10 @@ class HlsSink:
             Path(str(segment.path) + ".part").unlink(missing_ok=True)
             return
         os.replace(str(segment.path) + ".part", segment.path)
+        if self.disk_full:
+            self._disk_writes_again()
+        if self.output.encryption is not None:  # media sequence 0 is the first segment
+            self.output.encryption.seal(segment.path, len(self.segments))
         end, last = segment.end_ticks, segment.video_last
         if next_start is not None and last is not None and next_start - last < 2 * self.frame_ticks:
             end = next_start  # contiguous video: the last picture lasts until the next segment starts
@@ -228,7 +341,13 @@ class HlsSink:
         text = self.render_playlist(ended=ended).encode()
         local = self.output.work_dir / self.names.playlist
         tmp = local.with_name(local.name + ".tmp")
-        tmp.write_bytes(text)
-        os.replace(tmp, local)
-        if self.output.uploader is not None:
+        try:
+            tmp.write_bytes(text)
+            os.replace(tmp, local)
+        except OSError as exc:  # the local copy only; the uploader's goes on
+            if exc.errno != errno.ENOSPC:
+                raise
+            tmp.unlink(missing_ok=True)
+            log.warning("%s: local playlist copy not written (disk full)", self.names.playlist)
+        if self.output.uploader is not None and (ended or self.output.live_playlist):
             self.output.uploader.put_bytes(text, self.playlist_key, PLAYLIST_CONTENT_TYPE)
