@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from capstan.api.cloudrecording import CloudRecordingSpec, CloudRecordingStatus
-from capstan.api.common import API_VERSION, GROUP, VERSION, TaskStatus
+from capstan.api.common import API_VERSION, GROUP, VERSION
 from capstan.api.streampush import StreamPushSpec, StreamPushStatus
-from capstan.api.webrecording import WebRecordingSpec
+from capstan.api.webrecording import WebRecordingSpec, WebRecordingStatus
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ CLOUD_RECORDING = KindInfo(
 )
 WEB_RECORDING = KindInfo(
     kind="WebRecording", plural="webrecordings", short_names=("wrec",),
-    spec_model=WebRecordingSpec, status_model=TaskStatus,
+    spec_model=WebRecordingSpec, status_model=WebRecordingStatus,
     description="A panoramic recording of a web page rendered by headless Chromium.",
     worker="panorama", mode_path=".spec.output.muxer",
 )

@@ -57,6 +57,9 @@ class WebRecordingSpec(CamelModel):
                             json_schema_extra=IMMUTABLE)
     manual_start: bool = Field(False, alias="manualStart",
                                description="Wait for the page to call window.startRecord() before recording.")
+    manual_start_timeout: int = Field(60, alias="manualStartTimeout", ge=1, le=3600,
+                                      description="With manualStart: seconds after the page loaded within which it "
+                                                  "must call window.startRecord(), else the task fails.")
     width: int = Field(1280, ge=2, le=2560, multiple_of=2, description="Recording width in pixels (max 2560).")
     height: int = Field(720, ge=2, le=2560, multiple_of=2, description="Recording height in pixels (max 2560).")
     max_duration_limit: int = Field(21600, alias="maxDurationLimit", ge=1, le=36000,
@@ -75,6 +78,18 @@ class WebRecordingSpec(CamelModel):
     ))
 
 
+class WebRecordingStatus(TaskStatus):
+    """Observed state of a WebRecording (seed 003 Describe), with what the URL policy refused."""
+
+    recorded_seconds: float | None = Field(None, alias="recordedSeconds",
+                                           description="Time recorded so far, paused time left out.")
+    paused_seconds: float | None = Field(None, alias="pausedSeconds", description="Time spent paused so far.")
+    refused_requests: int | None = Field(None, alias="refusedRequests",
+                                         description="Requests of the page the URL policy refused (not made).")
+    last_refused_request: str | None = Field(None, alias="lastRefusedRequest",
+                                             description="The latest refused request and why.")
+
+
 class WebRecording(CamelModel):
     """A panoramic recording of a web page with headless Chromium."""
 
@@ -82,4 +97,4 @@ class WebRecording(CamelModel):
     kind: str = "WebRecording"
     metadata: dict = Field(default_factory=dict)
     spec: WebRecordingSpec
-    status: TaskStatus | None = None
+    status: WebRecordingStatus | None = None

@@ -32,6 +32,7 @@ class Playlist:
     target_duration: int | None = None
     version: int = 3
     ended: bool = False
+    key_uri: str | None = None  # AES-128 (RFC 8216 4.3.2.4): every segment encrypted, IV = its media sequence
 
     def effective_target_duration(self) -> int:
         """RFC 8216 wants it at least every rounded EXTINF; an explicit value may be larger."""
@@ -59,6 +60,8 @@ def render(playlist: Playlist) -> str:
         lines.append(f"{START_REC_TIME_TAG}{playlist.start_rec_time_ms}")
     if playlist.width is not None and playlist.height is not None:
         lines.append(f"{VIDEO_METADATA_TAG}WIDTH:{playlist.width} HEIGHT:{playlist.height}")
+    if playlist.key_uri is not None:
+        lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{playlist.key_uri}"')
     for entry in playlist.entries:
         # The comma is required by RFC 8216; TRTC's published sample omits it, and we read both.
         lines.append(f"#EXTINF:{entry.duration:.3f},")

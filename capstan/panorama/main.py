@@ -1,10 +1,35 @@
-"""The panorama worker (base work only so far: its media pipeline is a later issue)."""
+"""The panorama worker: one WebRecording task (see session.py)."""
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+
+from capstan.api.webrecording import WebRecordingSpec
+from capstan.net.urlpolicy import UrlPolicy, redact_userinfo
+from capstan.panorama.session import WebRecordingSession
+from capstan.storage.client import client_from_env
+from capstan.storage.uploader import Uploader
 from capstan.worker.base import Worker
-from capstan.worker.placeholder import run_until_stopped
+
+log = logging.getLogger("capstan.panorama")
 
 
 def run(worker: Worker) -> int:
-    return run_until_stopped(worker, "idle", "panorama worker running (media pipeline not built yet)")
+    spec = WebRecordingSpec.model_validate(worker.spec)
+    s3 = client_from_env()
+    bucket = os.environ["S3_BUCKET"]
+    uploader = Uploader(s3, bucket, worker.ctx.work_dir / "spool")
+    session = WebRecordingSession(worker, spec, uploader=uploader, s3=s3, bucket=bucket, policy=UrlPolicy.from_env(),
+                                  public_base_url=spec.output.storage.public_base_url)
+    try:
+        return session.run()
+    except Exception as exc:  # noqa: BLE001 - reported, then the operator decides on failover
+        log.exception("web recording failed")
+        worker.report(message=redact_userinfo(f"attempt {worker.ctx.attempt} failed: {exc}")[:1000])
+        print(redact_userinfo(f"panorama: {exc}"), file=sys.stderr)
+        uploader.flush(timeout=60)
+        return 1
+    finally:
+        uploader.stop()
