@@ -15,13 +15,13 @@ from capstan.gateway.fields import Obj
 from capstan.gateway.mapping import (
     Names,
     Plan,
-    _validated,
     basename,
     scf_room,
     sdk_app_id,
     task_id_of,
     user_id,
     user_sig,
+    validated,
 )
 
 # Seed 001 Mode: 00 audio -> MP3 (default), 01 video -> MP4, 02 audio and video -> MP4.
@@ -73,7 +73,7 @@ def plan_recording(body: dict[str, Any], cfg: GatewayConfig, names: Names) -> Pl
     if callback is not None:
         spec["callback"] = {"url": callback}
     req.done()
-    return Plan("cloudrecordings", names, app_id, _validated(CloudRecordingSpec, spec), secrets)
+    return Plan("cloudrecordings", names, app_id, validated(CloudRecordingSpec, spec), secrets)
 
 
 def recording_result(obj: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def plan_push(body: dict[str, Any], cfg: GatewayConfig, names: Names) -> Plan:
     elif host or port or password:
         raise invalid("Redis", "RedisHost, RedisPort and RedisPassword are used only with Redis true")
     req.done()
-    return Plan("streampushes", names, app_id, _validated(StreamPushSpec, spec), secrets)
+    return Plan("streampushes", names, app_id, validated(StreamPushSpec, spec), secrets)
 
 
 def push_result(obj: dict[str, Any]) -> dict[str, Any]:
@@ -187,7 +187,7 @@ def plan_web_start(data: dict[str, Any], cfg: GatewayConfig, names: Names, sdk_a
     out.done()
     spec["output"] = output
     req.done()
-    return Plan("webrecordings", names, sdk_app_id_of_key, _validated(WebRecordingSpec, spec), secrets)
+    return Plan("webrecordings", names, sdk_app_id_of_key, validated(WebRecordingSpec, spec), secrets)
 
 
 def _seconds(stamp: Any) -> int | None:

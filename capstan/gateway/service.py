@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from capstan.gateway import appauth, errors, mapping, scf, tc3
+from capstan.gateway import appauth, errors, ingest, mapping, recording, scf, tc3, webrecord
 from capstan.gateway.config import GatewayConfig, KeyBinding
 from capstan.gateway.errors import ApiError
 from capstan.gateway.fields import Obj
@@ -190,7 +190,7 @@ class Gateway:
 
     async def create_cloud_recording(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
         self._app(binding, params.get("SdkAppId"))
-        plan = mapping.plan_cloud_recording(params, self.cfg, Names.new())
+        plan = recording.plan_cloud_recording(params, self.cfg, Names.new())
         await self._create(binding, plan)
         return {"TaskId": plan.names.task_id}
 
@@ -201,12 +201,12 @@ class Gateway:
         req.only("RecorderKey", why="tasks are named by TaskId only")
         req.done()
         _, obj = await self._find(binding, "cloudrecordings", task_id, app)
-        return mapping.describe_cloud_recording(obj)
+        return recording.describe_cloud_recording(obj)
 
     async def modify_cloud_recording(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
         app = self._sdk_app_id(Obj(params))  # the whole body is read by plan_modify_cloud_recording
         namespace, obj = await self._find(binding, "cloudrecordings", params.get("TaskId"), app)
-        patch = mapping.plan_modify_cloud_recording(params, obj)
+        patch = recording.plan_modify_cloud_recording(params, obj)
         await self._patch(namespace, "cloudrecordings", obj["metadata"]["name"], patch)
         return {"TaskId": mapping.task_id_of(obj)}
 
@@ -223,7 +223,7 @@ class Gateway:
 
     async def start_stream_ingest(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
         self._app(binding, params.get("SdkAppId"))
-        plan = mapping.plan_stream_ingest(params, self.cfg, Names.new())
+        plan = ingest.plan_stream_ingest(params, self.cfg, Names.new())
         await self._create(binding, plan)
         return {"TaskId": plan.names.task_id}
 
@@ -237,8 +237,8 @@ class Gateway:
         except ApiError as err:
             if err.code != errors.NOT_FOUND:
                 raise
-            return mapping.describe_stream_ingest(None)
-        return mapping.describe_stream_ingest(obj)
+            return ingest.describe_stream_ingest(None)
+        return ingest.describe_stream_ingest(obj)
 
     async def stop_stream_ingest(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
         req = Obj(params)
@@ -253,7 +253,7 @@ class Gateway:
 
     async def start_web_record(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
         self._app(binding, params.get("SdkAppId"))
-        plan = mapping.plan_web_record(params, self.cfg, Names.new())
+        plan = webrecord.plan_web_record(params, self.cfg, Names.new())
         record_id = plan.labels.get(mapping.RECORD_ID_LABEL)
         if record_id:
             running = await self._by_record_id(binding, plan.sdk_app_id, record_id)
@@ -281,7 +281,7 @@ class Gateway:
         req.done()
         if task_id is not None:
             _, obj = await self._find(binding, "webrecordings", task_id, app)
-            return mapping.describe_web_record(obj)
+            return webrecord.describe_web_record(obj)
         if record_id is None:
             raise errors.missing("TaskId")
         if app is None:
@@ -290,7 +290,7 @@ class Gateway:
         running = await self._by_record_id(binding, app, record_id)
         if not running:
             raise ApiError(errors.NOT_FOUND, f"no running recording with RecordId {record_id}")
-        return mapping.describe_web_record(running[0])
+        return webrecord.describe_web_record(running[0])
 
     async def stop_web_record(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
         req = Obj(params)

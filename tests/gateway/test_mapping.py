@@ -9,7 +9,7 @@ import json
 import pytest
 
 from capstan.api.common import TASK_ID_ANNOTATION
-from capstan.gateway import errors, mapping, scf
+from capstan.gateway import errors, ingest, mapping, recording, scf, webrecord
 from capstan.gateway.errors import ApiError
 from capstan.gateway.mapping import Names
 
@@ -25,7 +25,7 @@ def refused(fn, *args) -> ApiError:
 
 
 def test_single_stream_recording_spec_and_secrets() -> None:
-    plan = mapping.plan_cloud_recording(create_single(), config(), NAMES)
+    plan = recording.plan_cloud_recording(create_single(), config(), NAMES)
     spec = plan.spec
     assert plan.plural == "cloudrecordings" and plan.sdk_app_id == SDKAPPID
     assert spec["room"] == {"backend": "livekit", "url": "ws://127.0.0.1:7880", "sdkAppId": SDKAPPID,
@@ -53,7 +53,7 @@ def test_single_stream_recording_spec_and_secrets() -> None:
 
 
 def test_mixed_recording_layout_transcode_and_watermarks() -> None:
-    spec = mapping.plan_cloud_recording(create_mix(), config(), NAMES).spec
+    spec = recording.plan_cloud_recording(create_mix(), config(), NAMES).spec
     assert spec["room"]["strRoomId"] == "class room 7" and "roomId" not in spec["room"]
     assert spec["recordMode"] == "mix" and spec["maxIdleTime"] == 60
     assert spec["video"] == {"width": 1280, "height": 720, "fps": 15, "bitrate": 1000000, "gop": 2}
@@ -73,7 +73,7 @@ def test_mixed_recording_layout_transcode_and_watermarks() -> None:
 def test_every_template_layout_mode(mode: int, ours: str) -> None:
     body = create_mix()
     body["MixLayoutParams"] = {"MixLayoutMode": mode, "MaxResolutionUserId": "alice"}
-    layout = mapping.plan_cloud_recording(body, config(), NAMES).spec["mixLayout"]
+    layout = recording.plan_cloud_recording(body, config(), NAMES).spec["mixLayout"]
     assert layout == {"mode": ours, "mainUserId": "alice", "regions": [], "backgroundColor": "#000000"}
 
 
@@ -98,7 +98,7 @@ def test_unsupported_fields_are_refused_by_name(path: tuple[str, ...], value: ob
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = value
-    err = refused(mapping.plan_cloud_recording, body, config(), NAMES)
+    err = refused(recording.plan_cloud_recording, body, config(), NAMES)
     assert err.code == errors.INVALID and err.message.startswith(named), err.message
 
 
@@ -113,111 +113,111 @@ def test_unsupported_fields_are_refused_by_name(path: tuple[str, ...], value: ob
 def test_unsupported_layout_fields_are_refused_by_name(change: dict, named: str) -> None:
     body = create_mix()
     body["MixLayoutParams"].update(change)
-    err = refused(mapping.plan_cloud_recording, body, config(), NAMES)
+    err = refused(recording.plan_cloud_recording, body, config(), NAMES)
     assert err.message.startswith(named), err.message
 
 
 def test_region_alpha_and_smart_stretch_refused() -> None:
     body = create_mix()
     body["MixLayoutParams"]["MixLayoutList"][0]["Alpha"] = 128
-    assert refused(mapping.plan_cloud_recording, body, config(), NAMES).message.startswith(
+    assert refused(recording.plan_cloud_recording, body, config(), NAMES).message.startswith(
         "MixLayoutParams.MixLayoutList[0].Alpha")
     body = create_mix()
     body["MixLayoutParams"]["MixLayoutList"][1]["RenderMode"] = 3
-    assert "MixLayoutList[1].RenderMode=3" in refused(mapping.plan_cloud_recording, body, config(), NAMES).message
+    assert "MixLayoutList[1].RenderMode=3" in refused(recording.plan_cloud_recording, body, config(), NAMES).message
 
 
 def test_missing_and_invalid_parameters() -> None:
     body = create_single()
     del body["StorageParams"]
-    err = refused(mapping.plan_cloud_recording, body, config(), NAMES)
+    err = refused(recording.plan_cloud_recording, body, config(), NAMES)
     assert err.code == "MissingParameter.StorageParams"
     body = create_single()
     body["RecordParams"]["MaxIdleTime"] = 2
-    err = refused(mapping.plan_cloud_recording, body, config(), NAMES)
+    err = refused(recording.plan_cloud_recording, body, config(), NAMES)
     assert err.code == "InvalidParameter.MaxIdleTime" and "RecordParams.MaxIdleTime" in err.message
     body = create_single(RoomId="abc")
-    assert refused(mapping.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.RoomId"
+    assert refused(recording.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.RoomId"
     body = create_single(SdkAppId=42)
-    assert refused(mapping.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.SdkAppId"
+    assert refused(recording.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.SdkAppId"
     body = create_single(MixLayoutParams={"MixLayoutMode": 3})
-    assert refused(mapping.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.MixLayoutParams"
+    assert refused(recording.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.MixLayoutParams"
     body = create_single()
     body["StorageParams"]["CloudStorage"]["Region"] = "ap-mars"
-    assert refused(mapping.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.Region"
+    assert refused(recording.plan_cloud_recording, body, config(), NAMES).code == "InvalidParameter.Region"
 
 
 def test_modify_replaces_subscriptions_and_layout_whole() -> None:
-    current = mapping.plan_cloud_recording(create_mix(), config(), NAMES).body()
+    current = recording.plan_cloud_recording(create_mix(), config(), NAMES).body()
     body = {"SdkAppId": SDKAPPID, "TaskId": NAMES.task_id,
             "SubscribeStreamUserIds": {"SubscribeVideoUserIds": ["carol"]},
             "MixLayoutParams": {"MixLayoutMode": 1, "MaxResolutionUserId": "carol",
                                 "WaterMarkList": copy.deepcopy(create_mix()["MixLayoutParams"]["WaterMarkList"])}}
-    patch = mapping.plan_modify_cloud_recording(body, current)
+    patch = recording.plan_modify_cloud_recording(body, current)
     assert patch["subscribe"] == {"audioAllow": [], "audioDeny": [], "videoAllow": ["carol"], "videoDeny": []}
     assert patch["mixLayout"] == {"mode": "floating", "mainUserId": "carol", "regions": [],
                                   "backgroundColor": "#000000", "backgroundImageUrl": None}
     del body["MixLayoutParams"]["WaterMarkList"]
-    err = refused(mapping.plan_modify_cloud_recording, body, current)
+    err = refused(recording.plan_modify_cloud_recording, body, current)
     assert err.message.startswith("MixLayoutParams.WaterMarkList")
-    single = mapping.plan_cloud_recording(create_single(), config(), NAMES).body()
-    err = refused(mapping.plan_modify_cloud_recording, {"SdkAppId": SDKAPPID, "TaskId": NAMES.task_id,
+    single = recording.plan_cloud_recording(create_single(), config(), NAMES).body()
+    err = refused(recording.plan_modify_cloud_recording, {"SdkAppId": SDKAPPID, "TaskId": NAMES.task_id,
                                                         "MixLayoutParams": {"MixLayoutMode": 3}}, single)
     assert err.code == "InvalidParameter.MixLayoutParams"
 
 
 def test_describe_lists_the_m3u8_files_as_the_seed_shows() -> None:
-    obj = mapping.plan_cloud_recording(create_single(), config(), NAMES).body()
+    obj = recording.plan_cloud_recording(create_single(), config(), NAMES).body()
     obj["status"] = {"phase": "recording", "taskId": NAMES.task_id, "files": [
         {"fileName": f"trtc/class-7/{NAMES.task_id}/1400000000_1234__UserId_s_YWxpY2U.__UserId_e_main_audio.m3u8",
          "userId": "alice", "trackType": "audio", "mediaId": "main", "beginTimeStamp": 1622186279144},
         {"fileName": f"trtc/class-7/{NAMES.task_id}/1400000000_1234__UserId_s_YWxpY2U.__UserId_e_main_audio_"
                      "20210528071759144.ts", "userId": "alice", "trackType": "audio"}]}
-    assert mapping.describe_cloud_recording(obj) == {
+    assert recording.describe_cloud_recording(obj) == {
         "TaskId": NAMES.task_id, "Status": "InProgress",
         "StorageFileList": [{"UserId": "alice", "TrackType": "audio", "BeginTimeStamp": 1622186279144,
                              "FileName": "1400000000_1234__UserId_s_YWxpY2U.__UserId_e_main_audio.m3u8"}]}
     for phase, status in (("normal", "Idle"), ("idle", "Idle"), ("upload", "Exited"), ("finished", "Exited")):
         obj["status"]["phase"] = phase
-        assert mapping.describe_cloud_recording(obj)["Status"] == status
+        assert recording.describe_cloud_recording(obj)["Status"] == status
 
 
 def test_stream_ingest_spec() -> None:
-    plan = mapping.plan_stream_ingest(start_ingest(), config(), NAMES)
+    plan = ingest.plan_stream_ingest(start_ingest(), config(), NAMES)
     assert plan.plural == "streampushes"
     assert plan.spec == {"room": {"backend": "livekit", "url": "ws://127.0.0.1:7880", "sdkAppId": SDKAPPID,
                                   "roomId": 1234, "credentialsSecretRef": {"name": "room-credentials"}},
                          "userId": "movie-bot", "videoSrc": "http://media.example/movie.mp4", "mode": "vod",
                          "userTokenSecretRef": {"name": f"trtc-{NAMES.task_id}-usersig", "key": "token"}}
-    live = mapping.plan_stream_ingest(start_ingest(StreamUrl="rtmp://live.example/app/s", RepeatNum=None),
+    live = ingest.plan_stream_ingest(start_ingest(StreamUrl="rtmp://live.example/app/s", RepeatNum=None),
                                       config(), NAMES)
     assert live.spec["mode"] == "live"
-    assert mapping.plan_stream_ingest(start_ingest(RepeatNum=-1), config(), NAMES).spec["loop"] is True
+    assert ingest.plan_stream_ingest(start_ingest(RepeatNum=-1), config(), NAMES).spec["loop"] is True
     for field, value in (("RepeatNum", 3), ("Tempo", 1.5), ("Volume", 50), ("MaxDuration", 10),
                          ("VideoEncodeParams", {"Width": 1}), ("AutoPush", True), ("SeekSecond", 30)):
-        err = refused(mapping.plan_stream_ingest, start_ingest(**{field: value}), config(), NAMES)
+        err = refused(ingest.plan_stream_ingest, start_ingest(**{field: value}), config(), NAMES)
         assert err.code == errors.INVALID and err.message.startswith(field), err.message
-    assert mapping.describe_stream_ingest(None) == {"Status": "NotExist"}
-    assert mapping.describe_stream_ingest({"status": {"phase": "pushing"}, "spec": {}}) == {"Status": "InProgress"}
-    assert mapping.describe_stream_ingest({"status": {"phase": "finished"}, "spec": {}}) == {"Status": "NotExist"}
+    assert ingest.describe_stream_ingest(None) == {"Status": "NotExist"}
+    assert ingest.describe_stream_ingest({"status": {"phase": "pushing"}, "spec": {}}) == {"Status": "InProgress"}
+    assert ingest.describe_stream_ingest({"status": {"phase": "finished"}, "spec": {}}) == {"Status": "NotExist"}
 
 
 def test_web_record_spec() -> None:
-    plan = mapping.plan_web_record(start_web(), config(), NAMES)
+    plan = webrecord.plan_web_record(start_web(), config(), NAMES)
     assert plan.plural == "webrecordings" and plan.labels == {mapping.RECORD_ID_LABEL: "class-7"}
     assert plan.spec["recordUrl"] == "https://class.example/board"
     assert plan.spec["width"] == 1920 and plan.spec["height"] == 1080 and plan.spec["maxDurationLimit"] == 3600
     assert plan.spec["output"]["muxer"] == "hls"
     assert plan.spec["output"]["targetDir"] == f"trtc/class-7/{NAMES.task_id}"
     assert plan.spec["output"]["storage"]["credentialsSecretRef"] == {"name": f"trtc-{NAMES.task_id}-storage"}
-    err = refused(mapping.plan_web_record, start_web(MaxDurationLimit=86400), config(), NAMES)
+    err = refused(webrecord.plan_web_record, start_web(MaxDurationLimit=86400), config(), NAMES)
     assert err.message.startswith("MaxDurationLimit=86400")
-    err = refused(mapping.plan_web_record, start_web(PublishCdnParams=[{"PublishCdnUrl": "rtmp://x"}]), config(),
+    err = refused(webrecord.plan_web_record, start_web(PublishCdnParams=[{"PublishCdnUrl": "rtmp://x"}]), config(),
                   NAMES)
     assert err.message.startswith("PublishCdnParams")
     obj = plan.body()
     obj["status"] = {"phase": "recording", "taskId": NAMES.task_id}
-    assert mapping.describe_web_record(obj) == {"Status": 1, "TaskId": NAMES.task_id, "RecordId": "class-7"}
+    assert webrecord.describe_web_record(obj) == {"Status": 1, "TaskId": NAMES.task_id, "RecordId": "class-7"}
 
 
 def test_task_ids_that_are_not_ours_are_invalid() -> None:
