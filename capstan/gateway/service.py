@@ -23,6 +23,11 @@ from capstan.gateway.store import Store, StoreError
 log = logging.getLogger(__name__)
 VERSION = "2019-07-22"
 KeysSource = Callable[[], dict[str, KeyBinding]]
+# Actions that create a task: the same signed request served twice would create two, so a signature
+# already served within the timestamp window gets the first answer again (a captured request replayed
+# creates nothing; an identical request repeated within the same second is idempotent).
+CREATING = frozenset({"CreateCloudRecording", "StartStreamIngest", "StartWebRecord", "single-stream-recording",
+                      "stream-push", "panoramic-recording"})
 Handler = Callable[[KeyBinding, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
@@ -44,6 +49,7 @@ class Gateway:
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg, self.keys, self.store, self.clock = cfg, keys, store, clock
         self.limiter = RateLimiter(cfg.qps)
+        self.served: dict[str, tuple[float, dict[str, Any]]] = {}  # signature -> (when, answer): CREATING
         self.actions: dict[str, Handler] = {
             "CreateCloudRecording": self.create_cloud_recording,
             "DescribeCloudRecording": self.describe_cloud_recording,
@@ -62,6 +68,22 @@ class Gateway:
     def _secret_key(self, secret_id: str) -> str | None:
         binding = self.keys().get(secret_id)
         return binding.secret_key if binding else None
+
+    def _answered(self, what: str, signature: str) -> dict[str, Any] | None:
+        """The answer a CREATING request with this signature already got, if any."""
+        if what not in CREATING:
+            return None
+        now = self.clock()
+        horizon = 2 * self.cfg.max_skew_seconds
+        oldest = next(iter(self.served.values()), (now, {}))[0]  # insertion order: the oldest first
+        if len(self.served) > 10000 or now - oldest > horizon:
+            self.served = {k: v for k, v in self.served.items() if now - v[0] <= horizon}
+        hit = self.served.get(signature)
+        return hit[1] if hit else None
+
+    def _remember(self, what: str, signature: str, answer: dict[str, Any]) -> None:
+        if what in CREATING:
+            self.served[signature] = (self.clock(), answer)
 
     def _limit(self, binding: KeyBinding, what: str) -> None:
         if not self.limiter.allow(f"{binding.secret_id}/{what}"):
@@ -84,8 +106,11 @@ class Gateway:
             if version != VERSION:
                 raise ApiError(errors.UNSUPPORTED_VERSION, f"X-TC-Version must be {VERSION}")
             self._limit(binding, action)
-            params = self._json(req.body)
-            body = await handler(binding, params)
+            signature = req.headers.get("authorization", "")
+            body = self._answered(action, signature)
+            if body is None:
+                body = await handler(binding, self._json(req.body))
+                self._remember(action, signature, body)
             log.info("%s by %s: ok", action, secret_id)
             return errors.envelope(body, rid)
         except ApiError as err:
@@ -110,7 +135,12 @@ class Gateway:
             binding = self.keys()[secret_id]
             self._limit(binding, f"scf:{route}")
             params = self._json(body)
-            out = await self.scf_route(route, binding, params)
+            signature = headers.get("authorization", "")
+            creating = route if route != "panoramic-recording" or params.get("Action") == "Start" else ""
+            out = self._answered(creating, signature)
+            if out is None:
+                out = await self.scf_route(route, binding, params)
+                self._remember(creating, signature, out)
             return 200, {**out, "RequestID" if route == "panoramic-recording" else "RequestId": rid}
         except ApiError as err:
             log.info("refused scf %s: %s", route, err)

@@ -180,7 +180,7 @@ def test_stream_ingest_and_web_record(store: MemoryStore) -> None:
     call(gw, "StopStreamIngest", {"SdkAppId": SDKAPPID, "TaskId": task_id})
     assert obj["spec"]["stop"] is True
     web = call(gw, "StartWebRecord", start_web())["TaskId"]
-    again = call(gw, "StartWebRecord", start_web())
+    again = call(gw, "StartWebRecord", start_web(MaxDurationLimit=1800))
     assert again["Error"]["Code"] == errors.TASK_EXIST and web in again["Error"]["Message"]
     by_record = call(gw, "DescribeWebRecord", {"SdkAppId": SDKAPPID, "RecordId": "class-7"})
     assert by_record["TaskId"] == web and by_record["Status"] == 0
@@ -210,3 +210,17 @@ def test_scf_panoramic_action_api(store: MemoryStore) -> None:
     status, err = scf_call(gw, "panoramic-recording", {"Action": "Describe", "Data": {"TaskID": out["TaskID"]}},
                            key=KEY_B)
     assert status == 404 and err["ErrorCode"] == errors.NOT_FOUND
+
+
+def test_a_replayed_creating_request_creates_nothing_more(store: MemoryStore) -> None:
+    gw = gateway(store)
+    body = json.dumps(create_single()).encode()
+    stamp = int(time.time())
+    headers = {"content-type": "application/json", "host": "127.0.0.1:8090", "x-tc-action": "CreateCloudRecording",
+               "x-tc-version": "2019-07-22", "x-tc-timestamp": str(stamp)}
+    headers["authorization"] = tc3.sign(KEY_A.secret_id, KEY_A.secret_key, tc3.Request("POST", "/", "", headers,
+                                                                                         body), stamp)
+    first = asyncio.run(gw.call_api(tc3.Request("POST", "/", "", headers, body)))["Response"]
+    again = asyncio.run(gw.call_api(tc3.Request("POST", "/", "", headers, body)))["Response"]
+    assert first["TaskId"] and again["TaskId"] == first["TaskId"] and again["RequestId"] != first["RequestId"]
+    assert len(store.objects) == 1
