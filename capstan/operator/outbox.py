@@ -113,14 +113,37 @@ class PushStop(_Payload):  # 403
     Reason: Text
 
 
+class WebVideo(_Payload):
+    Filename: Text
+    FileSize: int = Field(ge=0)
+    FileDuration: int | float = Field(ge=0)
+    FileURL: Text
+
+
+class WebResultBody(_Payload):
+    ErrorCode: Text | None = None
+    ErrorMessage: Text | None = None
+    Videos: list[WebVideo] = Field(default_factory=list, max_length=100)
+
+
+class WebRecordingResult(_Payload):  # 0: seed 003's Describe body, posted when the recording is done
+    TaskID: Text
+    Status: Literal["finished", "canceled", "failed"]
+    CreateTime: int | None = None
+    StartTime: int | None = None
+    CancelTime: int | None = None
+    StopTime: int | None = None
+    FinishTime: int | None = None
+    Result: WebResultBody
+
+
 SHAPES: dict[str, dict[int, type[_Payload]]] = {
     "cloudrecordings": {301: StatusPayload, 302: RecorderStop, 303: StatusPayload, 304: FileInfo,
                         305: StatusPayload, 306: StatusPayload, 307: FileSlice, 308: UploadError,
                         309: ImageDownloadError, 310: Mp4Stop, 311: VodCommit, 312: StatusPayload,
                         RESULT_EVENT: RecordingResult},
     "streampushes": {PushEvent.start: PushStart, PushEvent.resume: PushResume, PushEvent.stop: PushStop},
-    # The web recorder emits nothing yet; add its result shapes here when it does.
-    "webrecordings": {},
+    "webrecordings": {RESULT_EVENT: WebRecordingResult},
 }
 
 
@@ -144,6 +167,26 @@ def _result_identity(spec: dict[str, Any], status: dict[str, Any], result: Recor
         key = _record_file_key(spec.get("storage") or {}, f.RecordFile)
         if key is None or not key.startswith(prefix) or ".." in key.split("/"):
             return f"Files: {f.RecordFile!r} is not under the task's prefix {prefix!r}"
+    return None
+
+
+def _web_result_identity(spec: dict[str, Any], status: dict[str, Any], result: WebRecordingResult) -> str | None:
+    """A web recording's result speaks of this task, and its file URLs point at its own files: on
+    its output.domain, or into its own storage under its targetDir (default: the task id)."""
+    if result.TaskID != status.get("taskId", ""):
+        return "TaskID is not this task's"
+    out = spec.get("output") or {}
+    folder = "/".join(p for p in str(out.get("targetDir") or status.get("taskId") or "").split("/") if p and p != ".")
+    domain = out.get("domain")
+    base = (domain if "://" in domain else f"https://{domain}").rstrip("/") + "/" if domain else None
+    for video in result.Result.Videos:
+        url = video.FileURL
+        if base is not None and url.startswith(base):
+            key: str | None = urllib.parse.unquote(urllib.parse.urlsplit(url[len(base):]).path)
+        else:
+            key = _record_file_key(out.get("storage") or {}, url)
+        if key is None or not key.startswith(folder + "/") or ".." in key.split("/"):
+            return f"Videos: {url!r} is not one of the task's files"
     return None
 
 
@@ -176,6 +219,10 @@ def refusal(info: KindInfo, spec: dict[str, Any], status: dict[str, Any], event:
         return f"event type {event.type} payload does not have the expected shape ({_first_error(exc)})"
     if isinstance(payload, RecordingResult):
         why = _result_identity(spec, status, payload)
+        if why:
+            return f"event type {event.type} result body refused: {why}"
+    if isinstance(payload, WebRecordingResult):
+        why = _web_result_identity(spec, status, payload)
         if why:
             return f"event type {event.type} result body refused: {why}"
     return None

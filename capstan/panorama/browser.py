@@ -35,7 +35,7 @@ DISABLED_FEATURES = (
 )
 
 
-def chromium_args(size: tuple[int, int], proxy_url: str, *, sandbox: bool) -> list[str]:
+def chromium_args(size: tuple[int, int], proxy_url: str, *, sandbox: bool, js_heap_mb: int = 1024) -> list[str]:
     """Command-line switches of the recording browser (pure)."""
     width, height = size
     args = [
@@ -56,6 +56,8 @@ def chromium_args(size: tuple[int, int], proxy_url: str, *, sandbox: bool) -> li
         "--disable-extensions", "--disable-field-trial-config", "--allow-browser-signin=false",
         "--variations-server-url=about:blank",
     ]
+    # a page that eats memory crashes its renderer (then handled as a crash) instead of the Pod
+    args.append(f"--js-flags=--max-old-space-size={js_heap_mb}")
     if not sandbox:  # root (the devstack's pod runner) cannot use Chromium's sandbox
         args.append("--no-sandbox")
     return args
@@ -80,6 +82,8 @@ class Browser:
         self.page: Any = None
         self.crashes = 0
         self.closed_by_page = False
+        self.exited = False  # the browser process ended
+        self._opening = False
         self.start_called_at: float | None = None
         self._on_start: Callable[[float], None] | None = None
 
@@ -91,21 +95,42 @@ class Browser:
         try:
             self.context = self._playwright.chromium.launch_persistent_context(
                 str(self.profile), executable_path=CHROMIUM, headless=False, no_viewport=True,
-                args=chromium_args(self.size, self.proxy_url, sandbox=os.geteuid() != 0),
+                args=chromium_args(self.size, self.proxy_url, sandbox=os.geteuid() != 0,
+                                   js_heap_mb=int(os.environ.get("CAPSTAN_PANORAMA_JS_HEAP_MB", "1024"))),
                 ignore_default_args=IGNORED_DEFAULT_ARGS, env={**os.environ, **self.env},
                 service_workers="block", accept_downloads=False, timeout=NAVIGATION_TIMEOUT_SECONDS * 1000,
                 handle_sigint=False, handle_sigterm=False, handle_sighup=False)
             self.context.add_init_script(NO_SCROLLBARS)
             self.context.expose_function("startRecord", self._start_record)
             self.context.on("page", self._extra_page)
-            self.page = self.context.pages[0] if self.context.pages else self.context.new_page()
-            self.page.on("crash", self._crashed)
-            self.page.on("close", self._page_closed)
-            self.page.set_default_navigation_timeout(NAVIGATION_TIMEOUT_SECONDS * 1000)
+            self.context.on("close", self._exited)
+            self._watch(self.context.pages[0] if self.context.pages else self.context.new_page())
         except BaseException:
             self.close()
             raise
         return self
+
+    def _watch(self, page: Any) -> None:
+        self.page = page
+        page.on("crash", self._crashed)
+        page.on("close", self._page_closed)
+        page.set_default_navigation_timeout(NAVIGATION_TIMEOUT_SECONDS * 1000)
+
+    def renew_page(self) -> None:
+        """A crashed page is dead to Playwright: a new one takes its place in the same window."""
+        old = self.page
+        self._opening = True
+        try:
+            page = self.context.new_page()
+        finally:
+            self._opening = False
+        self._watch(page)
+        self.closed_by_page = False
+        try:
+            old.close()
+        except Exception as exc:  # noqa: BLE001 - it is dead already
+            log.info("closing the crashed page: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        self.closed_by_page = False
 
     def _start_record(self, *_: Any) -> bool:
         if self.start_called_at is None:
@@ -117,7 +142,7 @@ class Browser:
 
     def _extra_page(self, page: Any) -> None:
         """Pop-ups would open windows over the recorded one: closed at once."""
-        if self.page is not None and page != self.page:
+        if self.page is not None and page != self.page and not self._opening:
             log.info("closing a pop-up the page opened")
             page.close()
 
@@ -128,18 +153,27 @@ class Browser:
     def _page_closed(self, _page: Any) -> None:
         self.closed_by_page = True
 
-    def goto(self, url: str) -> tuple[int | None, str]:
+    def _exited(self, _context: Any) -> None:
+        self.exited = True
+
+    def goto(self, url: str, timeout: float = NAVIGATION_TIMEOUT_SECONDS) -> tuple[int | None, str]:
         """Open ``url``; the HTTP status of the main document (None for a non-HTTP answer) and the
         URL it came from (after redirects)."""
-        response = self.page.goto(url, wait_until="load")
+        response = self.page.goto(url, wait_until="load", timeout=timeout * 1000)
         return (response.status, response.url) if response is not None else (None, url)
 
     def reload(self) -> None:
         self.page.reload(wait_until="load")
 
     def wait(self, seconds: float) -> None:
-        """Wait, letting Playwright dispatch the page's callbacks meanwhile."""
-        self.page.wait_for_timeout(max(1.0, seconds * 1000))
+        """Wait, letting Playwright dispatch the page's callbacks meanwhile. A crashed or closed page
+        cannot be waited on: the caller sees :attr:`crashes` / :attr:`closed_by_page` / :attr:`exited`."""
+        try:
+            self.page.wait_for_timeout(max(1.0, seconds * 1000))
+        except Exception as exc:  # noqa: BLE001 - Playwright's TargetClosedError and kin
+            if not (self.crashes or self.closed_by_page or self.exited):
+                log.warning("waiting on the page: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            time.sleep(seconds)
 
     def close(self) -> None:
         try:

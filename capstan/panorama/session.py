@@ -51,9 +51,13 @@ BITS_PER_PIXEL_SECOND = 2_000_000 / (1280 * 720 * 30)
 AUDIO = AudioEncoding(sample_rate=SOUND_RATE, channels=SOUND_CHANNELS, bitrate=128000)
 HEALTH_SECONDS = 5.0  # how often the renderer must answer
 HUNG_SECONDS = 10.0  # a renderer that does not answer this long is hung
+RELOAD_TIMEOUT_SECONDS = 15.0
 STATUS_SECONDS = 2.0
 UPLOAD_TIMEOUT_SECONDS = 300.0
 MP4_CONTENT_TYPE = "video/mp4"
+RESULT_EVENT = 0  # the kind's result body (capstan.operator.outbox.WebRecordingResult)
+FAILURES = frozenset({"InvalidRecordUrl", "InvalidParameter", "PageLoadFailed", "StartTimeout", "PageCrashed",
+                      "PageHung", "RecordingFailed"})
 
 
 class Refused(Exception):
@@ -113,6 +117,7 @@ class WebRecordingSession:
         self.refreshed = spec.refresh_generation
         self.reloads = 0
         self.started_wall: float | None = None
+        self.cancel_seen: float | None = None
         self.target_dir = output.target_dir(spec.output.target_dir, self.ctx.task_id or self.ctx.name)
         self.files: list[dict[str, Any]] = []
         self._last_status = 0.0
@@ -216,6 +221,7 @@ class WebRecordingSession:
             browser.wait(0.25)
             now_wall = time.time()
             if self.worker.stop_event.is_set():
+                self.cancel_seen = now_wall
                 return Ending(self.worker.stop_reason or "stopped")
             self._apply_changes(now_wall)
             if self.started_wall is None:
@@ -233,7 +239,7 @@ class WebRecordingSession:
                 self._reload("the renderer crashed")
                 browser.crashes = 0
             if time.monotonic() - last_health >= HEALTH_SECONDS:
-                if not self._answers():
+                if not self._answers() and not browser.crashes:  # a crash is handled as one, next round
                     if self.reloads >= 1:
                         return Ending(f"the page stopped answering for {HUNG_SECONDS:g} s again after a reload",
                                       "PageHung")
@@ -269,9 +275,10 @@ class WebRecordingSession:
         self.reloads += 1
         log.warning("%s: reloading the page", why)
         self.worker.report(message=f"{why}; reloading the page")
-        try:
-            self.browser.reload()
-        except Exception as exc:  # noqa: BLE001
+        try:  # opened anew (a crashed or hung page's own reload may not get through)
+            self.browser.renew_page()
+            self.browser.goto(self.spec.record_url, timeout=RELOAD_TIMEOUT_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - the next health check tells
             log.warning("reload failed: %s", _first_line(exc))
 
     def _answers(self) -> bool:
@@ -280,6 +287,9 @@ class WebRecordingSession:
             self.browser.page.wait_for_function("() => true", timeout=HUNG_SECONDS * 1000)
             return True
         except Exception as exc:  # noqa: BLE001 - timeout or a dead page
+            if "crashed" in str(exc).lower():  # the crash event may come a moment later: a crash it is
+                self.browser.crashes = max(self.browser.crashes, 1)
+                return True
             log.warning("the page does not answer: %s", _first_line(exc))
             return False
 
@@ -290,7 +300,9 @@ class WebRecordingSession:
             return f"screen capture failed: {self.screen.error}"
         if self.sound is not None and self.sound.error is not None:
             return f"sound capture failed: {self.sound.error}"
-        if self.browser is not None and self.browser.closed_by_page:
+        if self.browser is not None and self.browser.exited:
+            return "the browser exited"
+        if self.browser is not None and self.browser.closed_by_page and not self.browser.crashes:
             return "the page closed its window"
         return None
 
@@ -371,7 +383,28 @@ class WebRecordingSession:
         if result:
             fields["result"] = result
         self.worker.report(**fields)
+        self._emit_result(result, stop_ms / 1000)
         return EXIT_TASK_REFUSED if ending.error_code is not None else 0
+
+    def _emit_result(self, result: dict[str, Any], stopped: float | None) -> None:
+        """The callback body: seed 003's Describe result, sent once the files are stored."""
+        def seconds(value: float | None) -> int | None:
+            return int(value) if value else None
+
+        created = None
+        stamp = (getattr(self.worker, "status_at_start", None) or {}).get("createTime")
+        if stamp:
+            created = datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+        body: dict[str, Any] = {
+            "TaskID": self.ctx.task_id, "Status": "failed" if result.get("errorCode") in FAILURES else "finished",
+            "CreateTime": seconds(created), "StartTime": seconds(self.started_wall),
+            "CancelTime": seconds(self.cancel_seen), "StopTime": seconds(stopped), "FinishTime": int(time.time()),
+            "Result": {**({"ErrorCode": result["errorCode"], "ErrorMessage": result["errorMessage"][:4000]}
+                          if result else {}),
+                       "Videos": [{"Filename": f["fileName"].rsplit("/", 1)[-1], "FileSize": f["size"],
+                                   "FileDuration": f["duration"], "FileURL": f["url"]} for f in self.files]},
+        }
+        self.worker.emit(RESULT_EVENT, body)
 
     def _store(self, path: Path, name: str, duration: float) -> None:
         key = f"{self.target_dir}/{name}"
@@ -393,7 +426,9 @@ class WebRecordingSession:
 
     def _refused(self, code: str, message: str) -> int:
         log.error("%s", message)
-        self.worker.report(result={"errorCode": code, "errorMessage": message}, message=message)
+        result = {"errorCode": code, "errorMessage": message}
+        self.worker.report(result=result, message=message)
+        self._emit_result(result, time.time())
         return EXIT_TASK_REFUSED
 
 

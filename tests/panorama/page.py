@@ -4,7 +4,8 @@ It draws, every animation frame: a background colour that changes each second, a
 counter, and the same counter (1/30 s since the page loaded) as 16 black/white blocks that
 :func:`read_counter` decodes from a recorded picture; it plays a WebAudio tone of :data:`TONE_HZ`.
 Query options: ``manual=<s>`` calls ``window.startRecord()`` after that many seconds,
-``probe=<url>`` fetches that URL every 500 ms (the URL policy must refuse it).
+``probe=<url>`` fetches that URL every 500 ms (the URL policy must refuse it), ``hang=<s>`` spins
+for ever after that many seconds, ``eat=<s>`` allocates memory without end after that many seconds.
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ draw();
 const ac = new AudioContext(); const o = ac.createOscillator(); o.frequency.value = %(tone)d;
 const gain = ac.createGain(); gain.gain.value = 0.5; o.connect(gain); gain.connect(ac.destination); o.start();
 if (q.get('manual')) setTimeout(() => window.startRecord(), parseFloat(q.get('manual')) * 1000);
+if (q.get('hang')) setTimeout(() => { for (;;) {} }, parseFloat(q.get('hang')) * 1000);
+if (q.get('eat')) { const kept = [];
+  setTimeout(function eat() { for (let i = 0; i < 50; i++) kept.push(new Array(1e6).fill(i));
+                              setTimeout(eat, 10); }, parseFloat(q.get('eat')) * 1000); }
 if (q.get('probe')) setInterval(() => fetch(q.get('probe')).then(() => document.title = 'reached',
                                                                    () => document.title = 'refused'), 500);
 </script></body></html>"""

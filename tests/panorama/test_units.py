@@ -136,3 +136,26 @@ def test_the_playlist_names_the_key_uri_once() -> None:
     assert lines.count('#EXT-X-KEY:METHOD=AES-128,URI="https://k/e.key"') == 1
     assert lines.index('#EXT-X-KEY:METHOD=AES-128,URI="https://k/e.key"') < lines.index("a_1.ts")
     assert "#EXT-X-KEY" not in playlist.render(playlist.Playlist(entries=[playlist.PlaylistEntry(1.0, "b.ts")]))
+
+
+def _result(url: str, task: str = "task-1") -> object:
+    from capstan.api.common import TaskEvent
+
+    return TaskEvent.model_validate({"seq": 1, "type": 0, "ts": 0, "payload": {
+        "TaskID": task, "Status": "finished", "CreateTime": 1, "StartTime": 2, "StopTime": 3, "FinishTime": 4,
+        "Result": {"Videos": [{"Filename": "1.mp4", "FileSize": 10, "FileDuration": 9.5, "FileURL": url}]}}})
+
+
+def test_the_operator_signs_a_web_result_only_for_the_tasks_own_files() -> None:
+    from capstan.api import WEB_RECORDING
+    from capstan.operator.outbox import refusal
+
+    storage = {"endpoint": "minio:9000", "bucket": "b", "publicBaseUrl": "https://cdn.example"}
+    spec = {"output": {"storage": storage, "targetDir": "11234/", "domain": "abc.example"}}
+    status = {"taskId": "task-1"}
+    assert refusal(WEB_RECORDING, spec, status, _result("https://abc.example/11234/1.mp4")) is None  # type: ignore[arg-type]
+    assert refusal(WEB_RECORDING, {"output": {"storage": storage}}, status,
+                   _result("http://minio:9000/b/task-1/1.mp4?X-Amz-Signature=x")) is None  # type: ignore[arg-type]
+    for bad in (_result("https://evil.example/11234/1.mp4"), _result("https://abc.example/other/1.mp4"),
+                _result("https://abc.example/11234/1.mp4", task="task-2")):
+        assert refusal(WEB_RECORDING, spec, status, bad) is not None  # type: ignore[arg-type]

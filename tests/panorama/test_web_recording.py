@@ -208,3 +208,75 @@ def test_a_page_fetching_the_metadata_address_records_on_while_the_fetch_is_refu
     refused = [r for r in run.session.guard.recent if "169.254.169.254" in r.target]
     assert refused and "link-local" in refused[-1].reason
     assert run.worker.latest("refusedRequests") >= 4
+
+
+def _renderers_of(profile: Path) -> list[int]:
+    """Renderer processes of the browser whose profile is ``profile`` (walking up the parents)."""
+    procs: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            procs[int(entry.name)] = (ppid, cmd)
+    found = []
+    for pid, (ppid, cmd) in procs.items():
+        if "--type=renderer" not in cmd:
+            continue
+        parent = ppid
+        for _ in range(5):
+            if parent not in procs:
+                break
+            if f"--user-data-dir={profile}" in procs[parent][1]:
+                found.append(pid)
+                break
+            parent = procs[parent][0]
+    return found
+
+
+def test_a_crashed_renderer_is_reloaded_once_then_the_task_fails_keeping_the_recording(
+        tmp_path: Path, page: PageServer) -> None:
+    import os
+    import signal
+
+    profile = tmp_path / "work" / "panorama" / "profile"
+
+    def crash(w: Any) -> None:
+        for pid in _renderers_of(profile):
+            os.kill(pid, signal.SIGKILL)
+
+    def script(w: Any) -> None:
+        recording(w)
+        time.sleep(3)
+        crash(w)
+        wait_report(w, lambda r: "crashed; reloading" in str(r.get("message")))
+        time.sleep(3)
+        crash(w)
+
+    run = record(tmp_path, spec_for(page.url), script)
+    assert run.code == EXIT_TASK_REFUSED
+    result = run.worker.latest("result")
+    assert result["errorCode"] == "PageCrashed" and "crashed again" in result["errorMessage"]
+    m = read_media(run.file())  # what was recorded is stored all the same
+    assert m.duration > 5 and page.requests.count("/") == 2
+
+
+def test_a_page_that_eats_memory_fails_with_a_clear_message(tmp_path: Path, page: PageServer,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPSTAN_PANORAMA_JS_HEAP_MB", "64")
+    run = record(tmp_path, spec_for(page.url + "?eat=2"), timeout=120)
+    assert run.code == EXIT_TASK_REFUSED
+    assert run.worker.latest("result")["errorCode"] == "PageCrashed"
+    assert run.took < 60
+    assert read_media(run.file()).duration > 1
+
+
+def test_a_hung_page_fails_within_bounded_time(tmp_path: Path, page: PageServer) -> None:
+    run = record(tmp_path, spec_for(page.url + "?hang=2"), timeout=150)
+    assert run.code == EXIT_TASK_REFUSED
+    result = run.worker.latest("result")
+    assert result["errorCode"] == "PageHung" and "stopped answering" in result["errorMessage"]
+    assert run.took < 90
+    assert run.file().exists()
