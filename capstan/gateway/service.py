@@ -133,10 +133,11 @@ class Gateway:
         try:
             secret_id = appauth.verify(headers, body, self._secret_key, self.clock(), self.cfg.max_skew_seconds)
             binding = self.keys()[secret_id]
-            self._limit(binding, f"scf:{route}")
             params = self._json(body)
+            action = params.get("Action") if route == "panoramic-recording" else None
+            self._limit(binding, f"scf:{route}" + (f":{action}" if isinstance(action, str) else ""))
             signature = headers.get("authorization", "")
-            creating = route if route != "panoramic-recording" or params.get("Action") == "Start" else ""
+            creating = route if route != "panoramic-recording" or action == "Start" else ""
             out = self._answered(creating, signature)
             if out is None:
                 out = await self.scf_route(route, binding, params)
