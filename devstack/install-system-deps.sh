@@ -5,7 +5,7 @@
 # chromium, xvfb, xauth, pulseaudio(-utils: parec, pactl), a font: the panorama worker's stage (Playwright
 # drives Debian's Chromium; no browser download).
 set -euo pipefail
-packages=(ffmpeg redis-server openssl iproute2 sox janus nginx-light libnginx-mod-rtmp
+packages=(ffmpeg redis-server openssl iproute2 sox janus nginx-light libnginx-mod-rtmp lua5.4
           chromium xvfb xauth pulseaudio pulseaudio-utils fonts-dejavu-core)
 missing=()
 for p in "${packages[@]}"; do

@@ -24,6 +24,7 @@ from capstan.operator import children, kube, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.phases import TERMINAL, Action, PodObservation, TaskObservation, decide
 from capstan.operator.reconcile import admit, callbacks, finish, worker
+from capstan.operator.reconcile.conditions import kstatus_conditions, set_condition
 from capstan.operator.reconcile.state import KindState, OperatorState, TaskMemory, resource_version
 
 log = logging.getLogger(__name__)
@@ -180,14 +181,24 @@ def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
             plan.set(view, key, value)
         if decision.event:
             plan.events.append(decision.event)
+    _readiness(task, plan)
     if plan.status:
-        plan.set(st, "observedGeneration", meta.get("generation"))
         task.write(plan.status)
     for action in plan.after:
         action()
     for event in plan.events:
         state.post_event(task.body, *event)
     return plan.freed
+
+
+def _readiness(task: Task, plan: Plan) -> None:
+    """The generation this pass saw, and kstatus's conditions (Ready, Reconciling, Stalled) for the status
+    it leaves: GitOps tools (Flux healthChecks, kstatus) wait on them. Written when they change only."""
+    generation = task.meta.get("generation")
+    plan.set(task.status, "observedGeneration", generation)
+    view = {**task.status, **plan.status}
+    for cond in kstatus_conditions(view, generation):
+        set_condition(view, plan.status, cond)
 
 
 def _accept(task: Task, plan: Plan) -> None:
