@@ -12,6 +12,8 @@ the same machine in the same run, never absolute timings asserted in tests.
   (there is no plain-FFmpeg counterpart); ``bench/results/operator.json``.
 - push (:mod:`bench.push`): one StreamPush of a 720p30 H.264 file into LiveKit, pass-through and
   forced re-encode, beside ``ffmpeg -re`` copying and re-encoding; ``bench/results/push.json``.
+- panorama (:mod:`bench.panorama`): one 1280x720@30 web recording, browser included, beside FFmpeg's
+  x11grab + pulse capture of the same kind of display with the same settings; ``bench/results/panorama.json``.
 
 Each side runs in a child process reaped with ``os.wait4`` (CPU user+sys, peak RSS), alternately,
 three times each; medians and capstan/ffmpeg ratios are printed and written as JSON.
@@ -23,11 +25,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import merge, push, recorder
+from bench import merge, panorama, push, recorder
 from bench import operator as operator_bench
 from bench.common import FFMPEG, RESULTS_DIR
 
-BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run, "push": push.run}
+BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run, "push": push.run,
+              "panorama": panorama.run}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -88,6 +88,9 @@ class WebRecordingStatus(TaskStatus):
                                          description="Requests of the page the URL policy refused (not made).")
     last_refused_request: str | None = Field(None, alias="lastRefusedRequest",
                                              description="The latest refused request and why.")
+    dropped_frames: int | None = Field(None, alias="droppedFrames",
+                                       description="Captured pictures and sound chunks dropped because the "
+                                                   "encoder fell more than 2 s behind.")
 
 
 class WebRecording(CamelModel):

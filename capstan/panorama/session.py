@@ -54,6 +54,7 @@ HUNG_SECONDS = 10.0  # a renderer that does not answer this long is hung
 RELOAD_TIMEOUT_SECONDS = 15.0
 STATUS_SECONDS = 2.0
 UPLOAD_TIMEOUT_SECONDS = 300.0
+ENCODE_QUEUE = 256  # pictures and 20 ms sound chunks waiting for the encoder (about 2 s of both)
 MP4_CONTENT_TYPE = "video/mp4"
 RESULT_EVENT = 0  # the kind's result body (capstan.operator.outbox.WebRecordingResult)
 FAILURES = frozenset({"InvalidRecordUrl", "InvalidParameter", "PageLoadFailed", "StartTimeout", "PageCrashed",
@@ -106,7 +107,10 @@ class WebRecordingSession:
         self.size = (spec.width, spec.height)
         self.work = self.ctx.work_dir / "panorama"
         self.clock = RecordingClock()
-        self.lock = threading.Lock()
+        self.encoding: queue.Queue[tuple[Any, float] | None] = queue.Queue(ENCODE_QUEUE)
+        self.encoder_thread: threading.Thread | None = None
+        self.encode_error: BaseException | None = None
+        self.dropped = 0
         self.writer: HlsWriter | None = None
         self.stage: Stage | None = None
         self.guard: EgressGuard | None = None
@@ -165,6 +169,8 @@ class WebRecordingSession:
         self.browser.open(on_start=self._page_started)
         self.screen = ScreenSource(self.stage.env["DISPLAY"], self.size, FPS)
         self.sound = SoundSource(self.stage.monitor, self.stage.env)
+        self.encoder_thread = threading.Thread(target=self._encode, name="encode", daemon=True)
+        self.encoder_thread.start()
         self.screen.start(self._on_frame)
         self.sound.start(self._on_frame)
         try:
@@ -194,12 +200,32 @@ class WebRecordingSession:
                                        f"at {self.size[0]}x{self.size[1]}")
 
     def _on_frame(self, frame: Any, captured: float) -> None:
+        """From the capture threads: placed on the recording's clock and queued for the encoding
+        thread, so a slow encode never holds up the next grab (frames keep their grab times)."""
         placed = self.clock.place(captured)
-        if placed is None or self.writer is None:
+        if placed is None:
             return
-        with self.lock:
-            if not self.writer.closed:
-                self.writer.write(frame, placed)
+        try:
+            self.encoding.put_nowait((frame, placed))
+        except queue.Full:
+            self.dropped += 1  # the encoder is more than ENCODE_QUEUE items behind
+
+    def _encode(self) -> None:
+        writer = self.writer
+        assert writer is not None
+        while (item := self.encoding.get()) is not None:
+            try:
+                writer.write(*item)
+            except Exception as exc:  # noqa: BLE001 - ends the recording (the loop sees it)
+                log.exception("encoding failed")
+                self.encode_error = exc
+                return
+
+    def _stop_encoding(self) -> None:
+        """After the capture stopped: what is queued is encoded, then the thread ends."""
+        if self.encoder_thread is not None and self.encoder_thread.is_alive():
+            self.encoding.put(None)
+            self.encoder_thread.join(60)
 
     def _on_refused(self, refusal: Refusal) -> None:
         log.info("page request refused: %s (%s)", refusal.target, refusal.reason)
@@ -300,6 +326,8 @@ class WebRecordingSession:
             return f"screen capture failed: {self.screen.error}"
         if self.sound is not None and self.sound.error is not None:
             return f"sound capture failed: {self.sound.error}"
+        if self.encode_error is not None:
+            return f"encoding failed: {self.encode_error}"
         if self.browser is not None and self.browser.exited:
             return "the browser exited"
         if self.browser is not None and self.browser.closed_by_page and not self.browser.crashes:
@@ -313,7 +341,7 @@ class WebRecordingSession:
         refused = self.guard.refused if self.guard is not None else 0
         fields: dict[str, Any] = {"recordedSeconds": round(self.clock.recorded_seconds(time.time()), 1),
                                   "pausedSeconds": round(self.clock.paused_seconds(time.time()), 1),
-                                  "refusedRequests": refused}
+                                  "refusedRequests": refused, "droppedFrames": self.dropped}
         if self.guard is not None and self.guard.recent:
             last = self.guard.recent[-1]
             fields["lastRefusedRequest"] = f"{last.target}: {last.reason}"[:500]
@@ -323,7 +351,8 @@ class WebRecordingSession:
 
     def _teardown(self) -> None:
         """Capture, browser, proxy and stage end, whatever happened (each step on its own)."""
-        for step in (self._stop_capture, self._close_browser, self._stop_guard, self._close_stage):
+        for step in (self._stop_capture, self._stop_encoding, self._close_browser, self._stop_guard,
+                     self._close_stage):
             try:
                 step()
             except Exception:  # noqa: BLE001
@@ -356,8 +385,7 @@ class WebRecordingSession:
         recorded = writer is not None and writer.start_time is not None
         if writer is not None:
             writer.names.final = name  # type: ignore[attr-defined]
-            with self.lock:
-                segments = writer.close()
+            segments = writer.close()
             recorded = bool(segments)
             if segments and muxer == Muxer.mp4:
                 refs = [output.RecordedSegment(Path(s.local_path or ""), s.start) for s in segments]
