@@ -366,3 +366,27 @@ def test_scf_bodies_over_plain_http(gateway, kube_api, namespace, bucket, stack)
     status, err = gateway.scf("panoramic-recording", {"Action": "Start", "Data": {
         **start["Data"], "Output": {**start["Data"]["Output"], "Vod": {"SubAppId": 1}}}})
     assert status == 400 and err["ErrorMessage"].startswith("Data.Output.Vod")
+
+
+def test_the_concurrency_limit_answers_restricted_concurrency(gateway, operator_factory, kube_api, namespace, bucket,
+                                                              stack):
+    """The operator with queuePolicy refuse and one place: the second CreateCloudRecording is refused as TRTC
+    does (FailedOperation.RestrictedConcurrency) and leaves no resource behind."""
+    operator_factory(CAPSTAN_QUEUE_POLICY="refuse", CAPSTAN_MAX_TASKS="1")
+    client.CoreV1Api(kube_api).create_namespaced_secret(namespace, {
+        "metadata": {"name": "room-credentials", "labels": {"capstan.dev/use": "true"}},
+        "stringData": {"apiKey": "devkey", "apiSecret": "devsecret" * 4}}, _request_timeout=30)
+    body = {"SdkAppId": SDKAPPID, "RoomId": "777", "UserId": "robot-1", "UserSig": "token",
+            "RecordParams": {"RecordMode": 1}, "StorageParams": storage(bucket, stack)}
+    first = gateway.call("CreateCloudRecording", body).TaskId
+    wait_for(lambda: (get(kube_api, namespace, "cloudrecordings", first) or {}).get("status", {}).get("phase")
+             in ("idle", "recording"), 60, what="the first task admitted")
+    err = sdk_error(lambda: gateway.call("CreateCloudRecording", {**body, "UserId": "robot-2"}))
+    assert err.code == "FailedOperation.RestrictedConcurrency", err
+
+    def names() -> list[str]:
+        return [o["metadata"]["name"] for o in custom(kube_api).list_namespaced_custom_object(
+            GROUP, VERSION, namespace, "cloudrecordings", _request_timeout=30)["items"]]
+
+    wait_for(lambda: names() == [f"trtc-{first}"], 30, what="the refused task removed (its finalizer done)")
+    gateway.call("DeleteCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": first})
