@@ -54,7 +54,16 @@ def _memory(state: OperatorState, plural: str, name: str, status: dict) -> None:
 
 def test_tasks_by_phase_and_queue_length_come_from_the_operators_memory():
     state = OperatorState.create(OperatorConfig(), lambda *_: None)
-    operator_metrics.track(state)
+    collector = operator_metrics.TaskCollector()  # its own: other operator states in this process do not count
+    collector.add(state)
+
+    def gauge(name: str, **labels: str) -> float | None:
+        for family in collector.collect():
+            for s in family.samples:
+                if s.name == name and s.labels == labels:
+                    return s.value
+        return None
+
     admitted = [{"type": "Admitted", "status": "True"}]
     _memory(state, "cloudrecordings", "a", {"taskId": "1", "phase": "recording", "conditions": admitted})
     _memory(state, "cloudrecordings", "b", {"taskId": "2", "phase": "normal",
@@ -64,16 +73,28 @@ def test_tasks_by_phase_and_queue_length_come_from_the_operators_memory():
     _memory(state, "cloudrecordings", "e", {})  # not accepted yet: no phase to count
     _memory(state, "streampushes", "p", {"taskId": "5", "phase": "pushing", "conditions": admitted})
     crec = {"kind": "cloudrecordings"}
-    assert value("capstan_tasks", {**crec, "phase": "recording"}) == 1
-    assert value("capstan_tasks", {**crec, "phase": "normal"}) == 2
-    assert value("capstan_tasks", {**crec, "phase": "finished"}) == 1
-    assert REGISTRY.get_sample_value("capstan_tasks", {**crec, "phase": "failed"}) == 0  # present, zero
-    assert value("capstan_queue_length", crec) == 2
-    assert value("capstan_tasks", {"kind": "streampushes", "phase": "pushing"}) == 1
-    assert value("capstan_queue_length", {"kind": "streampushes"}) == 0
-    assert REGISTRY.get_sample_value("capstan_queue_length", {"kind": "webrecordings"}) == 0
+    assert gauge("capstan_tasks", **crec, phase="recording") == 1
+    assert gauge("capstan_tasks", **crec, phase="normal") == 2
+    assert gauge("capstan_tasks", **crec, phase="finished") == 1
+    assert gauge("capstan_tasks", **crec, phase="failed") == 0  # present, zero
+    assert gauge("capstan_queue_length", **crec) == 2
+    assert gauge("capstan_tasks", kind="streampushes", phase="pushing") == 1
+    assert gauge("capstan_queue_length", kind="streampushes") == 0
+    assert gauge("capstan_queue_length", kind="webrecordings") == 0
     state.kinds["cloudrecordings"].forget("ns", "b")
-    assert value("capstan_queue_length", crec) == 1
+    assert gauge("capstan_queue_length", **crec) == 1
+    collector.add(state)  # tracked once, however often it is added
+    assert gauge("capstan_queue_length", **crec) == 1
+    del state
+    import gc
+
+    gc.collect()
+    assert gauge("capstan_queue_length", **crec) == 0  # an operator state that is gone counts no more
+
+    tracked = OperatorState.create(OperatorConfig(), lambda *_: None)
+    operator_metrics.track(tracked)  # the operator's own registry (handlers.configure does this)
+    _memory(tracked, "webrecordings", "w", {"taskId": "6", "phase": "paused", "conditions": admitted})
+    assert value("capstan_tasks", {"kind": "webrecordings", "phase": "paused"}) >= 1
 
 
 def test_recorder_writer_counts_frames_received_encoded_and_dropped(tmp_path: Path):
