@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,14 +58,17 @@ class Stage:
     def __init__(self, work_dir: Path, size: tuple[int, int]) -> None:
         self.work_dir, self.size = work_dir, size
         self.display = -1
-        self.runtime = work_dir / "pulse"
+        # PulseAudio's socket and Chromium's singleton socket (TMPDIR) live here: a short path (a UNIX
+        # socket path has at most 107 bytes; a task's work directory may be longer), removed at close
+        short = "/tmp" if os.access("/tmp", os.W_OK) else None
+        self.runtime = Path(tempfile.mkdtemp(prefix="capstan-stage-", dir=short))
         self.procs: list[subprocess.Popen[bytes]] = []
 
     @property
     def env(self) -> dict[str, str]:
         """What the browser and the sound capture need to find this stage."""
         return {"DISPLAY": f":{self.display}", "PULSE_SERVER": f"unix:{self.runtime / 'native'}",
-                "PULSE_SINK": SINK, "PULSE_RUNTIME_PATH": str(self.runtime)}
+                "PULSE_SINK": SINK, "PULSE_RUNTIME_PATH": str(self.runtime), "TMPDIR": str(self.runtime)}
 
     @property
     def monitor(self) -> str:
@@ -147,3 +152,4 @@ class Stage:
     def close(self) -> None:
         for proc in reversed(list(self.procs)):
             self._end(proc)
+        shutil.rmtree(self.runtime, ignore_errors=True)
