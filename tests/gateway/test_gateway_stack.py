@@ -38,6 +38,10 @@ def get(kube_api: Any, namespace: str, plural: str, task_id: str) -> dict[str, A
         raise
 
 
+def status_of(kube_api: Any, namespace: str, plural: str, task_id: str) -> dict[str, Any]:
+    return (get(kube_api, namespace, plural, task_id) or {}).get("status") or {}
+
+
 def sdk_error(fn: Any) -> TencentCloudSDKException:
     with pytest.raises(TencentCloudSDKException) as err:
         fn()
@@ -96,7 +100,7 @@ def test_cloud_recording_of_a_livekit_room_through_the_trtc_client(
     assert ("bob", "video") not in {(f["UserId"], f["TrackType"]) for f in out["StorageFileList"]}
     for f in out["StorageFileList"]:
         assert f["FileName"].endswith(".m3u8") and f["BeginTimeStamp"] > 1_600_000_000_000
-    assert get(kube_api, namespace, "cloudrecordings", task_id)["status"]["taskId"] == task_id
+    assert status_of(kube_api, namespace, "cloudrecordings", task_id)["taskId"] == task_id
 
     # ModifyCloudRecording: bob's video too, applied while recording
     gateway.call("ModifyCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": task_id, "SubscribeStreamUserIds": {
@@ -111,7 +115,7 @@ def test_cloud_recording_of_a_livekit_room_through_the_trtc_client(
 
     # DeleteCloudRecording ends it; the files stay
     assert gateway.call("DeleteCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": task_id}).TaskId == task_id
-    wait_for(lambda: (get(kube_api, namespace, "cloudrecordings", task_id)["status"].get("phase") == "finished"),
+    wait_for(lambda: (status_of(kube_api, namespace, "cloudrecordings", task_id).get("phase") == "finished"),
              120, interval=1.0, what="recording finished")
     final = describe(gateway, task_id)
     assert final["Status"] == "Exited"
@@ -159,7 +163,7 @@ def test_mixed_recording_layout_modified_through_the_trtc_client(
                                           "MixLayoutParams": halves("bob", "alice")})
     time.sleep(5)
     gateway.call("DeleteCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": task_id})
-    wait_for(lambda: get(kube_api, namespace, "cloudrecordings", task_id)["status"].get("phase") == "finished",
+    wait_for(lambda: status_of(kube_api, namespace, "cloudrecordings", task_id).get("phase") == "finished",
              180, interval=1.0, what="mixed recording finished")
     pictures = canvases(objects(s3, bucket, task_id), name)
     before = [p for t, p in pictures if t < swapped_at - 0.5]
@@ -194,7 +198,7 @@ def test_stream_ingest_pushes_a_file_into_the_room(gateway, pusher_operator, pus
     assert sdk_error(lambda: gateway.call("StopStreamIngest", params, key=KEY_B)).code == "ResourceNotFound"
     gateway.call("StopStreamIngest", params)
     assert gateway.call("DescribeStreamIngest", params).Status == "NotExist"
-    wait_for(lambda: get(kube_api, namespace, "streampushes", task_id)["status"].get("phase") == "finished", 60,
+    wait_for(lambda: status_of(kube_api, namespace, "streampushes", task_id).get("phase") == "finished", 60,
              what="push finished")
 
     # the same through seed 004's body on the SCF path
@@ -211,7 +215,7 @@ def test_stream_ingest_pushes_a_file_into_the_room(gateway, pusher_operator, pus
     wait_for(scf_pushing, 90, interval=1.0, what="the SCF push pushing")
     status, out = gateway.scf("stream-push/stop", {"TaskId": scf_id})
     assert status == 200 and out["TaskId"] == scf_id
-    wait_for(lambda: get(kube_api, namespace, "streampushes", scf_id)["status"].get("phase") == "finished", 60,
+    wait_for(lambda: status_of(kube_api, namespace, "streampushes", scf_id).get("phase") == "finished", 60,
              what="the SCF push finished")
 
 
@@ -230,14 +234,14 @@ def test_scf_single_stream_recording_of_a_livekit_room(gateway, recorder_operato
     task_id = out["TaskId"]
 
     def recording() -> bool:
-        st = get(kube_api, namespace, "cloudrecordings", task_id)["status"]
+        st = status_of(kube_api, namespace, "cloudrecordings", task_id)
         return st.get("phase") == "recording" and any(f.get("fileName", "").endswith(".m3u8")
                                                       for f in st.get("files") or [])
 
     wait_for(recording, 120, interval=1.0, what="alice recorded")
     time.sleep(4)
     room.kick("rec-alice")  # seed 001: RemoveUser / RemoveUserByStrRoomId stops the recording
-    wait_for(lambda: get(kube_api, namespace, "cloudrecordings", task_id)["status"].get("phase") == "finished", 180,
+    wait_for(lambda: status_of(kube_api, namespace, "cloudrecordings", task_id).get("phase") == "finished", 180,
              interval=1.0, what="finished after the robot was removed")
     status, result = gateway.scf("single-stream-recording/describe", {"TaskId": task_id})
     assert status == 200 and result["Status"] == "finished" and result["UserId"] == "alice"
