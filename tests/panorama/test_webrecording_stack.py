@@ -137,3 +137,40 @@ def test_a_record_url_of_the_metadata_address_fails_the_task_at_once(
     assert st["result"]["errorCode"] == "InvalidRecordUrl"
     assert "link-local" in st["result"]["errorMessage"], st["result"]
     assert time.monotonic() - began < 30
+
+
+def test_deleting_an_encrypted_hls_recording_stops_it_and_keeps_its_playlist_and_segments(
+        panorama_operator: Any, webrecordings: WebRecordings, bucket: str, s3: Any, page: PageServer,
+        kube_api: Any, namespace: str) -> None:
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    key_hex, auth_url = "21834cca41778803e1afba3f41e70c90", "https://keys.capstan.test/enc.key"
+    client.CoreV1Api(kube_api).create_namespaced_secret(
+        namespace, {"metadata": {"name": "hls-key", **USE}, "stringData": {"key": key_hex}}, _request_timeout=30)
+    obj = web_recording("gone", page.url, bucket)
+    obj["spec"]["output"] = {**obj["spec"]["output"], "muxer": "hls", "authUrl": auth_url,
+                             "encryptKeySecretRef": {"name": "hls-key", "key": "key"}}
+    del obj["spec"]["output"]["targetName"]
+    webrecordings.create(obj)
+    st = webrecordings.wait_phase("gone", "recording", timeout=90)
+    task_id = st["taskId"]
+    time.sleep(8)
+    webrecordings.api.delete_namespaced_custom_object(GROUP, VERSION, webrecordings.ns, "webrecordings", "gone",
+                                                      _request_timeout=30)
+    wait_for(lambda: webrecordings.get("gone") is None, 120, what="the deleted recording gone")
+    keys = sorted(o.object_name for o in s3.list_objects(bucket, prefix=f"{task_id}/", recursive=True))
+    playlists = [k for k in keys if k.endswith(".m3u8")]
+    assert len(playlists) == 1 and playlists[0].removeprefix(f"{task_id}/").removesuffix(".m3u8").isdigit(), keys
+    text = s3.get_object(bucket, playlists[0]).read().decode()
+    assert f'#EXT-X-KEY:METHOD=AES-128,URI="{auth_url}"' in text and "#EXT-X-ENDLIST" in text
+    segments = [line for line in text.splitlines() if line.endswith(".ts")]
+    assert len(segments) >= 1 and all(f"{task_id}/{s}" in keys for s in segments)
+    sealed = s3.get_object(bucket, f"{task_id}/{segments[0]}").read()
+    assert sealed[0] != 0x47  # not MPEG-TS as stored
+    decryptor = Cipher(algorithms.AES(bytes.fromhex(key_hex)), modes.CBC((0).to_bytes(16, "big"))).decryptor()
+    unpadder = padding.PKCS7(128).unpadder()
+    plain = unpadder.update(decryptor.update(sealed) + decryptor.finalize()) + unpadder.finalize()
+    with av.open(io.BytesIO(plain), format="mpegts") as c:
+        frame = next(c.decode(video=0))
+        assert (frame.width, frame.height) == (640, 360)
