@@ -281,3 +281,34 @@ def test_scf_panoramic_start_body() -> None:
     vod = copy.deepcopy(data)
     vod["Output"]["Vod"] = {"MediaInfo": {"MediaName": "test"}}
     assert refused(scf.plan_web_start, vod, config(), NAMES, SDKAPPID).message.startswith("Data.Output.Vod")
+
+
+def test_user_sig_operator_mode_lets_the_operator_mint_the_token() -> None:
+    from dataclasses import replace
+
+    cfg = config()
+    cfg = replace(cfg, apps={SDKAPPID: replace(cfg.apps[SDKAPPID], user_sig="operator")})
+    plan = recording.plan_cloud_recording(create_single(), cfg, NAMES)
+    assert "recorderTokenSecretRef" not in plan.spec and list(plan.secrets) == [f"trtc-{NAMES.task_id}-storage"]
+    body = create_single()
+    del body["UserSig"]
+    assert refused(recording.plan_cloud_recording, body, cfg, NAMES).code == "MissingParameter.UserSig"
+
+
+def test_config_and_keys_parse() -> None:
+    from capstan.gateway.config import ConfigError, parse_config, parse_keys
+
+    cfg = parse_config("""
+apps: [{sdkAppId: 1400000000, room: {url: "ws://lk:7880", credentialsSecret: lk}, userSig: operator}]
+storage: {vendors: [1], regions: {us-east-1: {endpoint: "minio:9000", secure: false}}, default: {endpoint: s3}}
+rateLimit: {qps: 7}
+""")
+    assert cfg.apps[SDKAPPID].room_backend == "livekit" and cfg.apps[SDKAPPID].user_sig == "operator"
+    assert cfg.qps == 7 and cfg.storage_for("us-east-1").endpoint == "minio:9000"
+    assert cfg.storage_for("eu-west-1").endpoint == "s3"
+    keys = parse_keys({"AKIDa": '{"secretKey": "0123456789abcdef", "namespaces": ["a", "b"], "sdkAppIds": [1]}'})
+    assert keys["AKIDa"].home_namespace == "a" and keys["AKIDa"].sdk_app_ids == frozenset({1})
+    for bad in ('{"secretKey": "short", "namespaces": ["a"], "sdkAppIds": [1]}',
+                '{"secretKey": "0123456789abcdef", "namespaces": [], "sdkAppIds": [1]}', "[1, 2]"):
+        with pytest.raises(ConfigError):
+            parse_keys({"AKIDb": bad})
