@@ -145,6 +145,22 @@ def recording(name: str, room: str, bucket: str, mode: str = "single", **spec: A
     return body
 
 
+def stream_push(name: str, room: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "StreamPush", "metadata": {"name": name},
+            "spec": {"videoSrc": f"http://{STORAGE_ENDPOINT}/media/clip.mp4", "mode": "vod", "userId": "teacher",
+                     "room": {"url": LIVEKIT_URL, "sdkAppId": SDKAPPID, "strRoomId": room,
+                              "credentialsSecretRef": {"name": "livekit-credentials"}}}}
+
+
+def web_recording(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WebRecording", "metadata": {"name": name},
+            "spec": {"recordUrl": f"http://{STORAGE_ENDPOINT}/media/page.html", "width": 640, "height": 360,
+                     "maxDurationLimit": 60,
+                     "output": {"storage": {"endpoint": STORAGE_ENDPOINT, "bucket": "recordings", "secure": False,
+                                            "credentialsSecretRef": {"name": "storage-credentials"}},
+                                "targetDir": "web/e2e", "muxer": "mp4"}}}
+
+
 # --- scenarios --------------------------------------------------------------------------------
 
 
@@ -187,11 +203,7 @@ def push(c: Cluster) -> list[str]:
     c.s3.put_object("media", "clip.mp4", io.BytesIO(clip := _clip(seconds)), len(clip), content_type="video/mp4")
     c.apply({**recording("push-rec", room, "recordings"), "metadata": {"name": "push-rec", "namespace": c.namespace}})
     c.wait_phase("cloudrecordings", "push-rec", {"idle", "recording"}, 300)
-    c.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": "StreamPush",
-             "metadata": {"name": "push", "namespace": c.namespace},
-             "spec": {"videoSrc": f"http://{STORAGE_ENDPOINT}/media/clip.mp4", "mode": "vod", "userId": "teacher",
-                      "room": {"url": LIVEKIT_URL, "sdkAppId": SDKAPPID, "strRoomId": room,
-                               "credentialsSecretRef": {"name": "livekit-credentials"}}}})
+    c.apply({**stream_push("push", room), "metadata": {"name": "push", "namespace": c.namespace}})
     status = c.wait_phase("streampushes", "push", {"finished"}, 300)
     problems = []
     position = float((status.get("progress") or {}).get("positionSeconds") or 0)
@@ -207,13 +219,7 @@ def push(c: Cluster) -> list[str]:
 def web(c: Cluster) -> list[str]:
     page = b"<html><body style='background:#2050e0'><h1>Capstan e2e</h1></body></html>"
     c.s3.put_object("media", "page.html", io.BytesIO(page), len(page), content_type="text/html")
-    c.apply({"apiVersion": f"{GROUP}/{VERSION}", "kind": "WebRecording",
-             "metadata": {"name": "web", "namespace": c.namespace},
-             "spec": {"recordUrl": f"http://{STORAGE_ENDPOINT}/media/page.html", "width": 640, "height": 360,
-                      "maxDurationLimit": 60,
-                      "output": {"storage": {"endpoint": STORAGE_ENDPOINT, "bucket": "recordings", "secure": False,
-                                             "credentialsSecretRef": {"name": "storage-credentials"}},
-                                 "targetDir": "web/e2e", "muxer": "mp4"}}})
+    c.apply({**web_recording("web"), "metadata": {"name": "web", "namespace": c.namespace}})
     c.wait_phase("webrecordings", "web", {"recording"}, 300)
     time.sleep(15)
     c.stop("webrecordings", "web")

@@ -53,6 +53,19 @@ def test_mixed_and_web_checks():
     assert scenarios._ready({"conditions": [{"type": "Ready", "status": "False"}]}, "x") != []
 
 
+def test_every_task_the_scenarios_apply_is_valid_for_the_api():
+    """The same models the CRDs are generated from: a field the API renamed fails here, not on kind."""
+    from capstan.api import KINDS
+
+    models = {info.kind: info.spec_model for info in KINDS}
+    bodies = [scenarios.recording("r", "room", "recordings"),
+              scenarios.recording("m", "room", "recordings", mode="mix", mixLayout={"mode": "grid"}),
+              scenarios.stream_push("p", "room"), scenarios.web_recording("w")]
+    for body in bodies:
+        models[body["kind"]].model_validate(body["spec"])
+    assert {b["kind"] for b in bodies} == set(models)
+
+
 def test_the_push_source_clip_is_a_real_mp4():
     import io
 
