@@ -50,6 +50,15 @@ def task_label_value(name: str) -> str:
     return _dns_name(name)
 
 
+def owning_task(meta: Any) -> str:
+    """The name of the task a child belongs to: its controller's (the task label of a name over 63
+    characters is a shortened one, which finds no task)."""
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref["name"])
+    return str(meta["labels"][LABEL_TASK])
+
+
 def task_labels(info: KindInfo, name: str) -> dict[str, str]:
     return {LABEL_TASK: task_label_value(name), LABEL_KIND: info.plural, LABEL_MANAGED: "capstan"}
 

@@ -15,9 +15,9 @@ from typing import Any
 import kopf
 
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
-from capstan.operator import metrics
+from capstan.operator import children, metrics
 from capstan.operator.admission import QueueEntry
-from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, LABEL_TASK, PREFIX, OperatorConfig
+from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, PREFIX, OperatorConfig
 from capstan.operator.phases import PodObservation
 from capstan.operator.reconcile import finish, task, worker
 from capstan.operator.reconcile.state import OperatorState
@@ -82,7 +82,7 @@ def register(info: KindInfo) -> None:
 
     @kopf.index("", "v1", "pods", labels=pod_filter, id=pods_id)
     def pod_index(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict:
-        return {(meta["namespace"], meta["labels"][LABEL_TASK]): worker.pod_summary(dict(body))}
+        return {(meta["namespace"], children.owning_task(meta)): worker.pod_summary(dict(body))}
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-reconcile")
     def task_changed(body: kopf.Body, meta: kopf.Meta, type: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
@@ -98,7 +98,7 @@ def register(info: KindInfo) -> None:
     @kopf.on.event("", "v1", "pods", labels=pod_filter, id=f"{plural}-worker-pod")
     def pod_changed(meta: kopf.Meta, type: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
         state: OperatorState = memo.capstan
-        mem = state.kinds[plural].find(meta["namespace"], meta["labels"][LABEL_TASK])
+        mem = state.kinds[plural].find(meta["namespace"], children.owning_task(meta))
         if mem is None or mem.body is None:
             return  # its task's own event will come
         if type == "DELETED":

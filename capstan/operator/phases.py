@@ -116,6 +116,10 @@ def decide(obs: TaskObservation) -> Decision:
         return Decision(Action.create_pod, attempt=attempt, status=status,
                         event=("Normal", "WorkerCreated", f"worker attempt {attempt} created"))
     if pod.state is PodState.pending:
+        if phase in WORKER_PHASES:
+            # The worker has reported (a failover writes `normal` before its Pod): its Pod runs and
+            # the Pod watch lags. A stop now is the worker's to finish, not a cancel of a Pod that never ran.
+            return Decision()
         return _pending(obs)
     if pod.state is PodState.running:
         return Decision()

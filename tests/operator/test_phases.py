@@ -101,3 +101,13 @@ def test_a_queued_task_stopped_is_canceled_without_a_place():
 def test_the_first_attempt_does_not_rewrite_a_reported_phase():
     d = decide(obs(phase="normal", attempt=1))  # attempt 1 written, its Pod not visible yet
     assert d.action is Action.create_pod and "phase" not in d.status
+
+
+def test_a_stop_while_the_pod_watch_lags_behind_the_workers_report_is_not_a_cancel():
+    """The worker reported `idle`, the Pod watch still shows its Pod Pending: a stop is left to the
+    worker (it ends `finished` with what it wrote), and no Pending timeout applies."""
+    lagging = PodObservation(PodState.pending, 1, pending_seconds=400)
+    d = decide(obs(phase="idle", attempt=1, pod=lagging, stop_requested=True))
+    assert d.action is not Action.finish and not d.delete_pending_pod and "phase" not in d.status
+    d = decide(obs(phase="recording", attempt=1, pod=lagging))
+    assert d.action is not Action.fail and not d.delete_pending_pod

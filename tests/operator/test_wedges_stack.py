@@ -16,7 +16,7 @@ from kubernetes import client
 from devstack.harness import OperatorProcess
 from devstack.pytest_plugin import prepare_namespace
 from tests.conftest import wait_for
-from tests.operator.test_operator_stack import USE, Tasks, recording
+from tests.operator.test_operator_stack import USE, Tasks, recording, tasks  # noqa: F401
 
 
 @pytest.fixture
@@ -71,7 +71,9 @@ def test_a_worker_pod_that_never_starts_fails_and_gives_its_place_to_the_next(no
 def test_a_name_longer_than_a_label_value_starts_stops_and_deletes(operator, tasks, namespace):
     name = "a-lesson-recorded-for-the-spring-term-of-the-music-school-" + "x" * 20  # 78 characters
     assert len(name) > 63
-    tasks.create(recording(name))
+    obj = recording(name)
+    obj["spec"]["recorderUserId"] = "robot-long"
+    tasks.create(obj)
     st = tasks.wait_phase(name, "idle", timeout=60)
     pod = tasks.pod(st["workerPod"])
     assert pod is not None and all(len(v) <= 63 for v in (pod.metadata.labels or {}).values())
