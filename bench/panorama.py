@@ -146,6 +146,9 @@ class _Worker:
     def on_spec_change(self, listener: Any) -> None:
         pass
 
+    def on_annotations_change(self, listener: Any) -> None:
+        pass
+
     def report(self, **status: Any) -> None:
         if status.get("phase") == "recording":
             self.started.set()

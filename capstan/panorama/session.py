@@ -56,6 +56,7 @@ STATUS_SECONDS = 2.0
 UPLOAD_TIMEOUT_SECONDS = 300.0
 ENCODE_QUEUE = 256  # pictures and 20 ms sound chunks waiting for the encoder (about 2 s of both)
 MP4_CONTENT_TYPE = "video/mp4"
+REFRESH_ANNOTATION = "capstan.dev/refresh"
 RESULT_EVENT = 0  # the kind's result body (capstan.operator.outbox.WebRecordingResult)
 FAILURES = frozenset({"InvalidRecordUrl", "InvalidParameter", "PageLoadFailed", "StartTimeout", "PageCrashed",
                       "PageHung", "RecordingFailed"})
@@ -127,6 +128,9 @@ class WebRecordingSession:
         self._last_status = 0.0
         self._reported_refusals = 0
         worker.on_spec_change(self.changes.put)
+        worker.on_annotations_change(self._annotations_changed)
+        self.refresh_mark = ((getattr(worker, "annotations", None) or {}).get(REFRESH_ANNOTATION))
+        self.refresh_asked = threading.Event()
 
     # --- the steps ---------------------------------------------------------------------------
 
@@ -273,12 +277,20 @@ class WebRecordingSession:
                 last_health = time.monotonic()
             self._report_progress()
 
+    def _annotations_changed(self, annotations: dict[str, str]) -> None:
+        """Refresh by annotation (``kubectl annotate wrec NAME capstan.dev/refresh=$(date +%s) --overwrite``):
+        any new value reloads the page, as a refreshGeneration bump does."""
+        mark = annotations.get(REFRESH_ANNOTATION)
+        if mark is not None and mark != self.refresh_mark:
+            self.refresh_mark = mark
+            self.refresh_asked.set()
+
     def _apply_changes(self, at: float) -> None:
         while True:
             try:
                 spec = self.changes.get_nowait()
             except queue.Empty:
-                return
+                break
             paused = bool(spec.get("paused"))
             if paused and self.clock.pause(at):
                 self.worker.report(phase=Phase.paused.value, pauseTime=now(), message="paused")
@@ -288,13 +300,19 @@ class WebRecordingSession:
             generation = int(spec.get("refreshGeneration") or 0)
             if generation > self.refreshed:
                 self.refreshed = generation
-                assert self.browser is not None
-                log.info("refreshing the page (refreshGeneration %d)", generation)
-                try:
-                    self.browser.reload()
-                except Exception as exc:  # noqa: BLE001 - the health check decides what a bad reload means
-                    log.warning("refresh: %s", _first_line(exc))
-                self.worker.report(message=f"page refreshed (refreshGeneration {generation})")
+                self._refresh(f"refreshGeneration {generation}")
+        if self.refresh_asked.is_set():
+            self.refresh_asked.clear()
+            self._refresh(f"annotation {REFRESH_ANNOTATION}={self.refresh_mark}")
+
+    def _refresh(self, why: str) -> None:
+        assert self.browser is not None
+        log.info("refreshing the page (%s)", why)
+        try:
+            self.browser.reload()
+        except Exception as exc:  # noqa: BLE001 - the health check decides what a bad reload means
+            log.warning("refresh: %s", _first_line(exc))
+        self.worker.report(message=f"page refreshed ({why})")
 
     def _reload(self, why: str) -> None:
         assert self.browser is not None

@@ -117,6 +117,8 @@ class Worker:
         self.spec: dict[str, Any] = {}
         self.generation = 0
         self._spec_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._annotation_listeners: list[Callable[[dict[str, str]], None]] = []
+        self.annotations: dict[str, str] | None = None  # as last seen (annotations do not bump the generation)
         self.events: list[dict[str, Any]] = []  # our copy of status.events, the callback outbox
         self.delivered_seq = 0  # how far the operator has delivered it (status.callbacks.deliveredSeq)
         self.status_at_start: dict[str, Any] = {}  # what earlier attempts left in status (files, stopTime)
@@ -141,6 +143,10 @@ class Worker:
 
     def on_spec_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self._spec_listeners.append(listener)
+
+    def on_annotations_change(self, listener: Callable[[dict[str, str]], None]) -> None:
+        """Called with the resource's annotations whenever they change after the first reading."""
+        self._annotation_listeners.append(listener)
 
     def _retry(self, call: Callable[[], Any], what: str) -> tuple[bool, Any]:
         """Call the API server, retrying transient failures with backoff; (False, None) once given up."""
@@ -211,6 +217,11 @@ class Worker:
             self.generation, self.spec = generation, spec
             for listener in self._spec_listeners:
                 listener(spec)
+        annotations = dict(meta.get("annotations") or {})
+        if self.annotations is not None and annotations != self.annotations:
+            for annotation_listener in self._annotation_listeners:
+                annotation_listener(annotations)
+        self.annotations = annotations
 
     def _watch(self) -> None:
         """Follow our own resource (watch restricted to our name by fieldSelector, as the Role allows)."""

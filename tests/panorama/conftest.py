@@ -51,9 +51,19 @@ class FakeWorker:
         self.stop_reason = ""
         self.reports: list[dict[str, Any]] = []
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
+        self.annotation_listeners: list[Callable[[dict[str, str]], None]] = []
+        self.annotations: dict[str, str] = {}
 
     def on_spec_change(self, listener: Callable[[dict[str, Any]], None]) -> None:
         self.listeners.append(listener)
+
+    def on_annotations_change(self, listener: Callable[[dict[str, str]], None]) -> None:
+        self.annotation_listeners.append(listener)
+
+    def annotate(self, **annotations: str) -> None:
+        self.annotations = {**self.annotations, **annotations}
+        for listener in self.annotation_listeners:
+            listener(self.annotations)
 
     def change(self, **fields: Any) -> None:
         self.spec = {**self.spec, **fields}

@@ -159,3 +159,20 @@ def test_the_operator_signs_a_web_result_only_for_the_tasks_own_files() -> None:
     for bad in (_result("https://evil.example/11234/1.mp4"), _result("https://abc.example/other/1.mp4"),
                 _result("https://abc.example/11234/1.mp4", task="task-2")):
         assert refusal(WEB_RECORDING, spec, status, bad) is not None  # type: ignore[arg-type]
+
+
+def test_the_worker_tells_annotation_changes_after_the_first_reading() -> None:
+    from pathlib import Path
+
+    from capstan.worker.base import Worker, WorkerContext
+
+    ctx = WorkerContext("webrecordings", "w", "ns", "t", 1, "p", Path("/tmp"))
+    worker = Worker(ctx, resource=None)  # type: ignore[arg-type]
+    seen: list[dict[str, str]] = []
+    worker.on_annotations_change(seen.append)
+    obj = {"metadata": {"generation": 1, "annotations": {"a": "1"}}, "spec": {}}
+    worker._observe(obj)
+    worker._observe(obj)
+    assert seen == []  # the first reading and an unchanged one are not changes
+    worker._observe({"metadata": {"generation": 1, "annotations": {"a": "1", "capstan.dev/refresh": "x"}}, "spec": {}})
+    assert seen == [{"a": "1", "capstan.dev/refresh": "x"}]

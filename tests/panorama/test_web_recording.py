@@ -119,13 +119,17 @@ def test_pause_and_resume_make_one_file_without_the_paused_time(tmp_path: Path, 
     assert abs(run.worker.latest("pausedSeconds") - paused) < TOLERANCE
 
 
-def test_a_refresh_reloads_the_page_into_the_same_recording(tmp_path: Path, page: PageServer) -> None:
+@pytest.mark.parametrize("by", ["refreshGeneration", "annotation"])
+def test_a_refresh_reloads_the_page_into_the_same_recording(tmp_path: Path, page: PageServer, by: str) -> None:
     marks: dict[str, float] = {}
 
     def script(w: Any) -> None:
         marks["start"] = recording(w)
         time.sleep(3)
-        w.change(refreshGeneration=1)
+        if by == "annotation":
+            w.annotate(**{"capstan.dev/refresh": "2026-12-01T10:00:00Z"})
+        else:
+            w.change(refreshGeneration=1)
         wait_report(w, lambda r: "refreshed" in str(r.get("message")))
         time.sleep(3)
         marks["stop"] = time.time()
