@@ -30,6 +30,7 @@ from capstan.gateway.fields import Obj
 GATEWAY_LABEL = "capstan.dev/gateway"
 SDK_APP_ID_LABEL = "capstan.dev/sdk-app-id"
 RECORD_ID_LABEL = "capstan.dev/record-id"
+EXPIRED_HOUR_ANNOTATION = "capstan.dev/trtc-resource-expired-hour"  # CreateCloudRecording's ResourceExpiredHour
 SECRET_OPT_IN = {"capstan.dev/use": "true"}
 NAME_PREFIX = "trtc-"
 MAX_SUBSCRIBE = 25  # Capstan records at most 25 streams per room (TRTC allows 32 ids per list)
@@ -75,6 +76,7 @@ class Plan:
     spec: dict[str, Any]
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> stringData
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -85,7 +87,7 @@ class Plan:
         return {"apiVersion": API_VERSION, "kind": self.kind,
                 "metadata": {"name": self.names.resource,
                              "labels": {GATEWAY_LABEL: "trtc", SDK_APP_ID_LABEL: str(self.sdk_app_id), **self.labels},
-                             "annotations": {TASK_ID_ANNOTATION: self.names.task_id}},
+                             "annotations": {TASK_ID_ANNOTATION: self.names.task_id, **self.annotations}},
                 "spec": self.spec}
 
     def secret_bodies(self) -> list[dict[str, Any]]:

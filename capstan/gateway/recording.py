@@ -11,6 +11,7 @@ from capstan.gateway.config import GatewayConfig
 from capstan.gateway.errors import invalid, missing, unsupported
 from capstan.gateway.fields import Obj
 from capstan.gateway.mapping import (
+    EXPIRED_HOUR_ANNOTATION,
     MAX_SUBSCRIBE,
     Names,
     Plan,
@@ -211,10 +212,13 @@ def plan_cloud_recording(body: dict[str, Any], cfg: GatewayConfig, names: Names)
             spec["watermarks"] = watermarks
     elif mode == "mix":
         spec["mixLayout"] = {"mode": "grid"}
-    req.only("ResourceExpiredHour", why="tasks are reachable for as long as their resource exists")
+    hours = req.integer("ResourceExpiredHour", lo=6, hi=720)
     req.only("PrivateMapKey", why="room permissions come from the room server's credentials")
     req.done()
-    return Plan("cloudrecordings", names, app_id, validated(CloudRecordingSpec, spec), secrets)
+    plan = Plan("cloudrecordings", names, app_id, validated(CloudRecordingSpec, spec), secrets)
+    if hours is not None:  # TRTC: Describe/Modify/Delete answer for this long; the recording goes on
+        plan.annotations[EXPIRED_HOUR_ANNOTATION] = str(hours)
+    return plan
 
 
 def plan_modify_cloud_recording(body: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ map, and drive the Store. HTTP lives in `http.py`, Kubernetes in `kube.py`; this
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import time
@@ -168,8 +169,19 @@ class Gateway:
             labels = (obj.get("metadata") or {}).get("labels") or {}
             app = int(labels.get(mapping.SDK_APP_ID_LABEL, "0") or 0)
             if app in binding.sdk_app_ids and (sdk_app_id is None or app == sdk_app_id):
+                if self._expired(obj):
+                    raise ApiError(errors.NOT_FOUND, f"task {task_id} is past its ResourceExpiredHour")
                 return namespace, obj
         raise ApiError(errors.NOT_FOUND, f"task {task_id} not found")
+
+    def _expired(self, obj: dict[str, Any]) -> bool:
+        meta = obj.get("metadata") or {}
+        hours = (meta.get("annotations") or {}).get(mapping.EXPIRED_HOUR_ANNOTATION)
+        created = meta.get("creationTimestamp")
+        if not hours or not created or not str(hours).isdigit():
+            return False
+        born = dt.datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()
+        return self.clock() > born + int(hours) * 3600
 
     async def _create(self, binding: KeyBinding, plan: Plan) -> dict[str, Any]:
         self._app(binding, plan.sdk_app_id)

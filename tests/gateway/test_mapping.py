@@ -85,7 +85,6 @@ def test_every_template_layout_mode(mode: int, ours: str) -> None:
     (("RecordParams", "MediaId"), 1, "RecordParams.MediaId"),
     (("RecordParams", "FillType"), 0, "RecordParams.FillType"),
     (("RecordParams", "SubscribeAbility"), 1, "RecordParams.SubscribeAbility"),
-    (("ResourceExpiredHour",), 24, "ResourceExpiredHour"),
     (("PrivateMapKey",), "abc", "PrivateMapKey"),
     (("SomethingNew",), 1, "SomethingNew"),
     (("StorageParams", "CloudStorage", "Vendor"), 0, "StorageParams.CloudStorage.Vendor=0"),

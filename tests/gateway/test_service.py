@@ -224,3 +224,18 @@ def test_a_replayed_creating_request_creates_nothing_more(store: MemoryStore) ->
     again = asyncio.run(gw.call_api(tc3.Request("POST", "/", "", headers, body)))["Response"]
     assert first["TaskId"] and again["TaskId"] == first["TaskId"] and again["RequestId"] != first["RequestId"]
     assert len(store.objects) == 1
+
+
+def test_resource_expired_hour_ends_api_access_not_the_recording(store: MemoryStore) -> None:
+    gw = gateway(store)
+    task_id = call(gw, "CreateCloudRecording", create_single(ResourceExpiredHour=6))["TaskId"]
+    obj = store.objects[("team-a", "cloudrecordings", f"trtc-{task_id}")]
+    assert obj["metadata"]["annotations"]["capstan.dev/trtc-resource-expired-hour"] == "6"
+    obj["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5 * 3600))
+    assert call(gw, "DescribeCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": task_id})["Status"] == "Idle"
+    obj["metadata"]["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 7 * 3600))
+    out = call(gw, "DeleteCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": task_id})
+    assert out["Error"]["Code"] == errors.NOT_FOUND and "ResourceExpiredHour" in out["Error"]["Message"]
+    assert not obj["spec"].get("stop")
+    body = create_single(ResourceExpiredHour=2)
+    assert call(gw, "CreateCloudRecording", body)["Error"]["Code"] == "InvalidParameter.ResourceExpiredHour"
