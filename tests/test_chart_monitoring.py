@@ -244,3 +244,37 @@ def test_values_that_would_freeze_the_operators_are_refused(values, message, tmp
     values_file.write_text(yaml.safe_dump(values))
     done = helm("template", "x", str(CHART), "-f", str(values_file), "--kube-version", KUBE_VERSION, check=False)
     assert done.returncode != 0 and message in done.stderr
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        assert expr["operator"] == "In"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_pod_monitor_and_network_policy_select_the_worker_pods_the_operator_makes(tmp_path):
+    from capstan.api import KINDS
+    from capstan.operator import children
+    from capstan.operator.config import OperatorConfig
+
+    docs = render({"watchNamespaces": ["team-a"], "metrics": {"podMonitor": {"enabled": True}},
+                   "networkPolicy": {"enabled": True}}, tmp_path)
+    (pod_monitor,) = of_kind(docs, "PodMonitor")
+    worker_policy = next(p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["namespace"] == "team-a")
+    (deployment, *_) = of_kind(docs, "Deployment")
+    port = int(env_of(deployment)["CAPSTAN_WORKER_METRICS_PORT"])
+    for info in KINDS:
+        body = {"kind": info.kind, "metadata": {"name": "t", "namespace": "team-a", "uid": "u"},
+                "status": {"taskId": "x"}}
+        pod = children.worker_pod(info, body, 1, OperatorConfig(worker_metrics_port=port))
+        labels = pod["metadata"]["labels"]
+        assert _selects(pod_monitor["spec"]["selector"], labels), info.kind
+        assert _selects(worker_policy["spec"]["podSelector"], labels), info.kind
+        (container,) = pod["spec"]["containers"]
+        assert {p["name"] for p in container["ports"]} == {pod_monitor["spec"]["podMetricsEndpoints"][0]["port"]}
+    operator_pod = deployment["spec"]["template"]["metadata"]["labels"]
+    assert not _selects(pod_monitor["spec"]["selector"], operator_pod)  # the ServiceMonitor scrapes those
