@@ -123,7 +123,8 @@ def gateway(stack: Any, kube_api: Any, crds: Any, namespace: str, other_namespac
     env = {**os.environ, **stack.env(), "PYTHONUNBUFFERED": "1"}
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "capstan.gateway", "--config", str(cfg), "--keys-secret",
-                                 f"{namespace}/trtc-gateway-keys", "--host", "127.0.0.1", "--port", str(port)],
+                                 f"{namespace}/trtc-gateway-keys", "--host", "127.0.0.1", "--port", str(port),
+                                 "--keys-refresh-seconds", "1"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     gw = GatewayProcess(proc, port, log_path, namespace, other_namespace)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

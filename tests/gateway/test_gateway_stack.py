@@ -394,3 +394,26 @@ def test_the_concurrency_limit_answers_restricted_concurrency(gateway, operator_
 
     wait_for(lambda: names() == [f"trtc-{first}"], 30, what="the refused task removed (its finalizer done)")
     gateway.call("DeleteCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": first})
+
+
+def test_keys_are_added_and_revoked_through_the_secret(gateway, kube_api, namespace):
+    from capstan.gateway.config import dumps_key
+
+    key_c = ("AKIDgatewayTeamC0001", "team-c-secret-key-for-tests-0001")
+    params = {"SdkAppId": SDKAPPID, "TaskId": "0f7d9522-a1a3-4517-b5ad-7a6eca000001"}
+    assert sdk_error(lambda: gateway.call("DescribeCloudRecording", params, key=key_c)).code == \
+        "AuthFailure.SecretIdNotFound"
+    core = client.CoreV1Api(kube_api)
+    core.patch_namespaced_secret("trtc-gateway-keys", namespace, {"stringData": {
+        key_c[0]: dumps_key(key_c[1], [namespace], [SDKAPPID])}}, _request_timeout=30)
+
+    def answers(key: tuple[str, str]) -> str:
+        try:
+            gateway.call("DescribeCloudRecording", params, key=key)
+        except TencentCloudSDKException as exc:
+            return str(exc.code)
+        return "ok"
+
+    wait_for(lambda: answers(key_c) == "ResourceNotFound", 20, what="the added key accepted")
+    core.patch_namespaced_secret("trtc-gateway-keys", namespace, {"data": {KEY_B[0]: None}}, _request_timeout=30)
+    wait_for(lambda: answers(KEY_B) == "AuthFailure.SecretIdNotFound", 20, what="the removed key refused")
