@@ -53,6 +53,15 @@ class GatewayProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        if "Traceback" in self.log():
+            sys.stderr.write(f"--- gateway log\n{self.log()[-4000:]}\n")
+
     def client(self, key: tuple[str, str] = KEY_A) -> Any:
         """Tencent's TrtcClient, pointed at the gateway."""
         from tencentcloud.common import credential
@@ -100,15 +109,16 @@ def other_namespace(kube_api: Any) -> Iterator[str]:
         core.delete_namespace(name)
 
 
-@pytest.fixture
-def gateway(stack: Any, kube_api: Any, crds: Any, namespace: str, other_namespace: str, tmp_path: Path) \
-        -> Iterator[GatewayProcess]:
+def launch(stack: Any, kube_api: Any, keys_namespace: str, namespace: str, other_namespace: str, tmp_path: Path,
+           env: dict[str, str] | None = None) -> GatewayProcess:
+    """The keys Secret in `keys_namespace` (team A bound to `namespace`, team B to `other_namespace`) and
+    `python -m capstan.gateway` reading it, healthy; `env` overrides (e.g. another KUBECONFIG)."""
     from kubernetes import client
 
     core = client.CoreV1Api(kube_api)
     keys = {KEY_A[0]: dumps_key(KEY_A[1], [namespace], [SDKAPPID]),
             KEY_B[0]: dumps_key(KEY_B[1], [other_namespace], [SDKAPPID])}
-    core.create_namespaced_secret(namespace, {"metadata": {"name": "trtc-gateway-keys"}, "stringData": keys},
+    core.create_namespaced_secret(keys_namespace, {"metadata": {"name": "trtc-gateway-keys"}, "stringData": keys},
                                   _request_timeout=30)
     room_url = stack.env().get("LIVEKIT_URL") or "ws://127.0.0.1:7880"
     config = {"apps": [{"sdkAppId": SDKAPPID, "room": {"backend": "livekit", "url": room_url,
@@ -120,12 +130,12 @@ def gateway(stack: Any, kube_api: Any, crds: Any, namespace: str, other_namespac
     cfg.write_text(yaml.safe_dump(config))
     port = free_port()
     log_path = tmp_path / "gateway.log"
-    env = {**os.environ, **stack.env(), "PYTHONUNBUFFERED": "1"}
+    full_env = {**os.environ, **stack.env(), "PYTHONUNBUFFERED": "1", **(env or {})}
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "capstan.gateway", "--config", str(cfg), "--keys-secret",
-                                 f"{namespace}/trtc-gateway-keys", "--host", "127.0.0.1", "--port", str(port),
+                                 f"{keys_namespace}/trtc-gateway-keys", "--host", "127.0.0.1", "--port", str(port),
                                  "--keys-refresh-seconds", "1"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+                                env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     gw = GatewayProcess(proc, port, log_path, namespace, other_namespace)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -135,15 +145,20 @@ def gateway(stack: Any, kube_api: Any, crds: Any, namespace: str, other_namespac
             return resp.status == 200
         return False
 
-    wait_for(healthy, 30, what="gateway healthy")
-    yield gw
-    proc.terminate()
     try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    if "Traceback" in gw.log():
-        sys.stderr.write(f"--- gateway log\n{gw.log()[-4000:]}\n")
+        wait_for(healthy, 30, what="gateway healthy")
+    except BaseException:
+        gw.stop()
+        raise
+    return gw
+
+
+@pytest.fixture
+def gateway(stack: Any, kube_api: Any, crds: Any, namespace: str, other_namespace: str, tmp_path: Path) \
+        -> Iterator[GatewayProcess]:
+    gw = launch(stack, kube_api, namespace, namespace, other_namespace, tmp_path)
+    yield gw
+    gw.stop()
 
 
 # The real-stack recording and push fixtures, shared with the recorder and pusher suites.
