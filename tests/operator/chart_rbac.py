@@ -6,6 +6,7 @@ not the admin's."""
 from __future__ import annotations
 
 import contextlib
+import re
 import subprocess
 import sys
 import uuid
@@ -124,6 +125,11 @@ class ChartOperator(OperatorProcess):
             self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
 
 
+# HTTP 403 as the kubernetes client and kopf print it; not the milliseconds of a log timestamp (",403").
+_HTTP_403 = re.compile(r"(?<![,.\d])403(?!\d)")
+
+
 def forbidden_lines(log: str) -> list[str]:
     """Lines where the API server refused the operator something."""
-    return [line for line in log.splitlines() if "403" in line or "Forbidden" in line or "forbidden" in line]
+    return [line for line in log.splitlines()
+            if _HTTP_403.search(line) or "Forbidden" in line or "forbidden" in line]
