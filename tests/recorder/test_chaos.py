@@ -7,7 +7,7 @@ a recorder was dead (from a kill to the next attempt's first frame). The failove
 and, with CAPSTAN_CHAOS_REPORT set, appended as JSON lines to that file (docs/reliability.md).
 
 `make test` runs one short run per room backend (2 kills, freezes up to 8 s);
-`make chaos` runs CAPSTAN_CHAOS_RUNS runs (7 x 3 kills = 21) with freezes up to 120 s.
+`make chaos` runs CAPSTAN_CHAOS_RUNS runs per backend (4 x 3 kills x 2 backends = 24) with freezes up to 120 s.
 """
 
 from __future__ import annotations
