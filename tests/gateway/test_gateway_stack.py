@@ -302,16 +302,22 @@ def test_signatures_bindings_refusals_and_limits(gateway, kube_api, namespace, b
     gateway.call("StopWebRecord", {"TaskId": web_id})
     assert get(kube_api, namespace, "webrecordings", web_id)["spec"]["stop"] is True
 
-    # the rate limit (5 qps in this gateway's config; TRTC's 20 by default)
-    time.sleep(1.5)
-    codes = []
-    for _ in range(12):
+    # the rate limit (5 qps in this gateway's config; TRTC's 20 by default): 15 at once, so a slow
+    # machine's latency cannot spread them below the limit
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(_: int) -> str:
         try:
             gateway.call("DescribeCloudRecording", {"SdkAppId": SDKAPPID, "TaskId": task_id})
-            codes.append("ok")
+            return "ok"
         except TencentCloudSDKException as exc:
-            codes.append(exc.code)
-    assert codes[0] == "ok" and "RequestLimitExceeded" in codes, codes
+            return str(exc.code)
+
+    time.sleep(1.5)
+    with ThreadPoolExecutor(15) as pool:
+        codes = list(pool.map(one, range(15)))
+    assert "ok" in codes and "RequestLimitExceeded" in codes, codes
+    assert set(codes) == {"ok", "RequestLimitExceeded"}, codes
 
 
 def test_scf_bodies_over_plain_http(gateway, kube_api, namespace, bucket, stack):
