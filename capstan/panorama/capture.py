@@ -23,6 +23,8 @@ from typing import Any
 import av
 import numpy as np
 
+from capstan.panorama.stage import die_with_parent
+
 log = logging.getLogger("capstan.panorama.capture")
 
 SOUND_RATE = 48000
@@ -84,7 +86,7 @@ class SoundSource:
              f"--channels={SOUND_CHANNELS}", f"--latency-msec={round(CHUNK_SECONDS * 1000)}", "--raw",
              "--client-name=capstan-capture"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env}, start_new_session=True)
+            env={**os.environ, **self.env}, start_new_session=True, preexec_fn=die_with_parent)
         self._thread = threading.Thread(target=self._run, args=(sink,), name="sound-capture", daemon=True)
         self._thread.start()
 

@@ -32,6 +32,28 @@ HEAD_LIMIT = 64 * 1024
 HEAD_TIMEOUT_SECONDS = 30.0
 CONNECT_TIMEOUT_SECONDS = 10.0
 HOP_HEADERS = (b"proxy-connection", b"proxy-authorization", b"connection", b"keep-alive")
+# The browser's own services (its updater, account check, safe browsing, hints, time): not the page's,
+# refused without a DNS lookup. CAPSTAN_PANORAMA_DENY_HOSTS replaces the list (empty: none), e.g. for a
+# page that uses Google sign-in (accounts.google.com).
+ENV_DENY_HOSTS = "CAPSTAN_PANORAMA_DENY_HOSTS"
+BROWSER_SERVICE_HOSTS = (
+    "update.googleapis.com", "accounts.google.com", "clients2.google.com", "clients4.google.com",
+    "clientservices.googleapis.com", "safebrowsing.googleapis.com", "safebrowsingohttpgateway.googleapis.com",
+    "optimizationguide-pa.googleapis.com", "content-autofill.googleapis.com", "redirector.gvt1.com",
+    "edgedl.me.gvt1.com", "dl.google.com", "www.googleapis.com",
+)
+
+
+def browser_service_hosts(env: dict[str, str]) -> frozenset[str]:
+    given = env.get(ENV_DENY_HOSTS)
+    if given is None:
+        return frozenset(BROWSER_SERVICE_HOSTS)
+    return frozenset(h.strip().lower().rstrip(".") for h in given.replace(",", " ").split() if h.strip())
+
+
+def target_host(url: str) -> str:
+    """The host a checked URL names (pure)."""
+    return (urlsplit(url).hostname or "").lower().rstrip(".")
 
 
 @dataclass(frozen=True)
@@ -80,8 +102,9 @@ class EgressGuard:
     """The proxy, on 127.0.0.1 in its own thread; :attr:`refused` counts the refusals."""
 
     def __init__(self, policy: UrlPolicy, *, resolve: Resolver | None = None,
-                 on_refused: Callable[[Refusal], None] | None = None) -> None:
+                 on_refused: Callable[[Refusal], None] | None = None, deny_hosts: frozenset[str] = frozenset()) -> None:
         self.policy, self.resolve, self.on_refused = policy, resolve, on_refused
+        self.deny_hosts = deny_hosts
         self.refused = 0
         self.forwarded = 0
         self.recent: deque[Refusal] = deque(maxlen=10)
@@ -165,6 +188,11 @@ class EgressGuard:
             url = checked_url(method, target)
         except ValueError as exc:
             await _reply(writer, 400, str(exc))
+            return
+        if target_host(url) in self.deny_hosts:
+            self._refuse(Refusal(describe_target(method, target), "one of the browser's own services, not the page's "
+                                                                  f"(not resolved; {ENV_DENY_HOSTS})"))
+            await _reply(writer, 403, "refused: a browser service")
             return
         loop = asyncio.get_running_loop()
         try:

@@ -24,6 +24,8 @@ def run(worker: Worker) -> int:
     session = WebRecordingSession(worker, spec, uploader=uploader, s3=s3, bucket=bucket, policy=UrlPolicy.from_env(),
                                   public_base_url=spec.output.storage.public_base_url)
     try:
+        if worker.ctx.attempt > 1 and worker.status_at_start.get("stopTime"):
+            return session.finish_leftovers()  # it had stopped: store what the spool holds, do not record anew
         return session.run()
     except Exception as exc:  # noqa: BLE001 - reported, then the operator decides on failover
         log.exception("web recording failed")

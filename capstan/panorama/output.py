@@ -14,6 +14,7 @@ audio packets, not decoded) → :class:`~capstan.media.pipeline.files.Mp4Copy`. 
 from __future__ import annotations
 
 import heapq
+import re
 import urllib.parse
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -69,18 +70,34 @@ def file_url(key: str, *, domain: str | None, public_base_url: str | None) -> st
 @dataclass
 class WebNames:
     """:class:`~capstan.media.pipeline.hls.SegmentNaming` for a web recording; ``final`` is set at
-    the stop, before the last playlist is written."""
+    the stop, before the last playlist is written. Attempt n > 1 (a failover) writes ``ha<n-1>_``
+    segments, as seed 002 names a recovered recorder's files."""
 
     stem: str
     final: str | None = None
     user_id: str | None = None
+    ha: int = 0
 
     @property
     def playlist(self) -> str:
         return self.final or f"{self.stem}.m3u8"
 
     def segment(self, start: datetime) -> str:
-        return f"{self.stem}_{round(start.timestamp() * 1000)}.ts"
+        prefix = f"ha{self.ha}_" if self.ha else ""
+        return f"{prefix}{self.stem}_{round(start.timestamp() * 1000)}.ts"
+
+
+def leftover_segments(directory: Path, stem: str, exclude: set[str]) -> list[RecordedSegment]:
+    """Segments an earlier attempt of this task left in the spool (its work directory survives a
+    failover), in time order; ``exclude``: this attempt's own."""
+    pattern = re.compile(rf"^(?:ha(\d+)_)?{re.escape(stem)}_(\d+)\.ts(?:\.part)?$")
+    found = []
+    # a segment still open when its attempt died is kept too: TS read up to its last whole packet
+    for path in directory.glob("*.ts*") if directory.is_dir() else []:
+        m = pattern.match(path.name)
+        if m and path.name not in exclude and path.stat().st_size > 0:
+            found.append(RecordedSegment(path, int(m.group(2)) / 1000, int(m.group(1) or 0)))
+    return sorted(found, key=lambda s: (s.start, s.ha))
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from capstan.operator.phases import EXIT_TASK_REFUSED
 from capstan.panorama import output
 from capstan.panorama.browser import Browser
 from capstan.panorama.capture import SOUND_CHANNELS, SOUND_RATE, ScreenSource, SoundSource
-from capstan.panorama.guard import EgressGuard, Refusal, describe_target
+from capstan.panorama.guard import EgressGuard, Refusal, browser_service_hosts, describe_target
 from capstan.panorama.stage import Stage
 from capstan.panorama.timeline import RecordingClock
 from capstan.recorder.hls import HlsWriter
@@ -124,6 +124,7 @@ class WebRecordingSession:
         self.started_wall: float | None = None
         self.cancel_seen: float | None = None
         self.target_dir = output.target_dir(spec.output.target_dir, self.ctx.task_id or self.ctx.name)
+        self._stem = output.segment_stem(spec.output.target_name, self.ctx.task_id or self.ctx.name)
         self.files: list[dict[str, Any]] = []
         self._last_status = 0.0
         self._reported_refusals = 0
@@ -162,13 +163,14 @@ class WebRecordingSession:
     def _open(self, encryption: HlsEncryption | None) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         hls = self.spec.output.muxer == Muxer.hls
-        names = output.WebNames(output.segment_stem(self.spec.output.target_name, self.ctx.task_id or self.ctx.name))
+        names = output.WebNames(self._stem, ha=self.ctx.attempt - 1)
         out = HlsOutput(self.work / "segments", self.uploader if hls else None, segment_seconds=SEGMENT_SECONDS,
                         key_prefix=self.target_dir, live_playlist=bool(self.spec.output.target_name),
                         keep_segments=not hls, encryption=encryption)
         self.writer = HlsWriter(names, out, video=video_encoding(self.size, FPS), audio=AUDIO)
         self.stage = Stage(self.work, self.size).open()
-        self.guard = EgressGuard(self.policy, resolve=self.resolve, on_refused=self._on_refused).start()
+        self.guard = EgressGuard(self.policy, resolve=self.resolve, on_refused=self._on_refused,
+                                 deny_hosts=browser_service_hosts(self.env)).start()
         self.browser = Browser(self.work / "profile", self.size, self.stage.env, self.guard.proxy_url)
         self.browser.open(on_start=self._page_started)
         self.screen = ScreenSource(self.stage.env["DISPLAY"], self.size, FPS)
@@ -393,26 +395,30 @@ class WebRecordingSession:
         if self.stage is not None:
             self.stage.close()
 
-    def _finish(self, ending: Ending) -> int:
-        stop_ms = round(time.time() * 1000)
+    def _finish(self, ending: Ending, stop_ms: int | None = None) -> int:
+        stop_ms = stop_ms or round(time.time() * 1000)
         writer = self.writer
         muxer = self.spec.output.muxer
         name = output.file_name(self.spec.output.target_name, muxer, stop_ms)
         self.worker.report(phase=Phase.transcode.value, stopTime=now(), message=f"stopping: {ending.reason}")
         self._report_progress(force=True)
-        recorded = writer is not None and writer.start_time is not None
+        segments = []
         if writer is not None:
-            writer.names.final = name  # type: ignore[attr-defined]
+            if muxer == Muxer.hls:
+                writer.names.final = name  # type: ignore[attr-defined]
             segments = writer.close()
-            recorded = bool(segments)
-            if segments and muxer == Muxer.mp4:
-                refs = [output.RecordedSegment(Path(s.local_path or ""), s.start) for s in segments]
+        recorded = bool(segments)
+        if muxer == Muxer.mp4:
+            ha = self.ctx.attempt - 1
+            refs = [*self._leftovers({s.name for s in segments}),
+                    *(output.RecordedSegment(Path(s.local_path or ""), s.start, ha) for s in segments)]
+            if refs:  # an earlier attempt's segments first: nothing it recorded is lost
                 path = self.work / name
-                duration = output.write_mp4(refs, path)
+                duration = output.write_mp4(sorted(refs, key=lambda r: (r.start, r.ha)), path)
                 self._store(path, name, duration)
-            elif segments:
-                self.files.append(self._file(name, sum(s.size for s in segments),
-                                             sum(s.duration for s in segments)))
+                recorded = True
+        elif segments:
+            self.files.append(self._file(name, sum(s.size for s in segments), sum(s.duration for s in segments)))
         self.worker.report(phase=Phase.upload.value, message=f"uploading ({ending.reason})")
         if self.uploader is not None and not self.uploader.flush(UPLOAD_TIMEOUT_SECONDS):
             message = f"{ending.reason}; the storage did not take every file within {UPLOAD_TIMEOUT_SECONDS:g} s"
@@ -451,6 +457,21 @@ class WebRecordingSession:
                                    "FileDuration": f["duration"], "FileURL": f["url"]} for f in self.files]},
         }
         self.worker.emit(RESULT_EVENT, body)
+
+    def _leftovers(self, exclude: set[str]) -> list[output.RecordedSegment]:
+        if self.ctx.attempt <= 1:
+            return []
+        return output.leftover_segments(self.work / "segments", self._stem, exclude)
+
+    def finish_leftovers(self) -> int:
+        """A failover attempt of a recording that had already stopped (its worker died making or
+        storing the file): the file is made from what the spool holds, nothing is recorded anew;
+        HLS segments and the last playlist are still in the uploader's journal, which resumes."""
+        stopped = str(self.worker.status_at_start.get("stopTime") or "")
+        stop_ms = None
+        if stopped:
+            stop_ms = round(datetime.datetime.fromisoformat(stopped.replace("Z", "+00:00")).timestamp() * 1000)
+        return self._finish(Ending(f"finished by attempt {self.ctx.attempt} from the spool"), stop_ms)
 
     def _store(self, path: Path, name: str, duration: float) -> None:
         key = f"{self.target_dir}/{name}"

@@ -46,6 +46,16 @@ def pulse_command(runtime: Path) -> list[str]:
             "--load=module-always-sink"]
 
 
+def die_with_parent() -> None:
+    """``preexec_fn``: the child is sent SIGTERM when the thread that started it dies, so a worker
+    that is SIGKILLed (outside a Pod, where nothing else ends its children) leaves no Xvfb,
+    PulseAudio or parec behind. Linux only; elsewhere a no-op."""
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_display(start: int = 90, end: int = 1000) -> int:
     """A display number whose lock file and socket are absent (Xvfb takes the lock itself)."""
     for n in range(start + os.getpid() % 97, end):
@@ -114,7 +124,8 @@ class Stage:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         with open(self.work_dir / log_name, "ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env={**os.environ, **(env or {})}, start_new_session=True)
+                                    env={**os.environ, **(env or {})}, start_new_session=True,
+                                    preexec_fn=die_with_parent)
         self.procs.append(proc)
         return proc
 

@@ -176,3 +176,29 @@ def test_the_worker_tells_annotation_changes_after_the_first_reading() -> None:
     assert seen == []  # the first reading and an unchanged one are not changes
     worker._observe({"metadata": {"generation": 1, "annotations": {"a": "1", "capstan.dev/refresh": "x"}}, "spec": {}})
     assert seen == [{"a": "1", "capstan.dev/refresh": "x"}]
+
+
+def test_leftover_segments_of_earlier_attempts_are_found_in_time_order(tmp_path: object) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    for name in ("class_2000.ts", "class_1000.ts", "ha1_class_3000.ts", "class_2500.ts.part", "other_1.ts",
+                 "class_4000.ts", "empty_1.ts"):
+        (d / name).write_bytes(b"x" if name != "empty_1.ts" else b"")
+    found = output.leftover_segments(d, "class", exclude={"class_4000.ts"})
+    assert [(p.path.name, p.start, p.ha) for p in found] == [
+        ("class_1000.ts", 1.0, 0), ("class_2000.ts", 2.0, 0), ("class_2500.ts.part", 2.5, 0),
+        ("ha1_class_3000.ts", 3.0, 1)]
+    assert output.leftover_segments(d / "missing", "class", set()) == []
+    assert output.WebNames("class", ha=2).segment(datetime(2021, 1, 1, tzinfo=UTC)).startswith("ha2_class_")
+
+
+def test_the_browsers_own_services_are_refused_by_name_and_the_list_can_be_replaced() -> None:
+    from capstan.panorama.guard import BROWSER_SERVICE_HOSTS, browser_service_hosts, target_host
+
+    assert browser_service_hosts({}) == frozenset(BROWSER_SERVICE_HOSTS)
+    assert "accounts.google.com" in browser_service_hosts({})
+    assert browser_service_hosts({"CAPSTAN_PANORAMA_DENY_HOSTS": ""}) == frozenset()
+    assert browser_service_hosts({"CAPSTAN_PANORAMA_DENY_HOSTS": "a.example, B.example."}) == {"a.example",
+                                                                                                "b.example"}
+    assert target_host("https://Update.GoogleAPIs.com.:443/") == "update.googleapis.com"

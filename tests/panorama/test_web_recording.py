@@ -72,8 +72,9 @@ def test_with_manual_start_nothing_before_window_start_record_is_recorded(tmp_pa
     run = record(tmp_path, spec, _stop_after(4, marks))
     m = read_media(_single_file(run))
     first = m.frames[0][1]
-    # the page calls startRecord() 3 s after it loaded: its counter is at 90 by then
-    assert 3 * PAGE_FPS - 3 <= first <= 3 * PAGE_FPS + 0.5 * PAGE_FPS, first
+    # the page calls startRecord() 3 s after it loaded: its counter is at 90 by then; the call reaches
+    # the worker through Playwright (0.1-0.6 s on two loaded cores), and recording starts then
+    assert 3 * PAGE_FPS - 3 <= first <= 3 * PAGE_FPS + 1.0 * PAGE_FPS, first
     assert abs(m.duration - (marks["stop"] - marks["start"])) < TOLERANCE
     idle = [r for r in run.worker.reports if r.get("phase") == "idle"]
     assert idle and "window.startRecord()" in idle[0]["message"]
