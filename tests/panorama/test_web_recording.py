@@ -285,3 +285,11 @@ def test_a_hung_page_fails_within_bounded_time(tmp_path: Path, page: PageServer)
     assert result["errorCode"] == "PageHung" and "stopped answering" in result["errorMessage"]
     assert run.took < 90
     assert run.file().exists()
+
+
+def test_max_duration_limit_ends_the_recording_by_itself(tmp_path: Path, page: PageServer) -> None:
+    run = record(tmp_path, spec_for(page.url, maxDurationLimit=4), timeout=90)
+    m = read_media(_single_file(run))
+    assert abs(m.duration - 4) < TOLERANCE, m.duration
+    assert "maxDurationLimit of 4 s reached" in run.worker.latest("message")
+    assert not run.worker.latest("result")
