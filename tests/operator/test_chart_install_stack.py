@@ -203,7 +203,10 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
 
     # the main operator goes: the standby takes the next task
     assert forbidden_lines(release.log("main")) == [], release.log("main")[-3000:]
-    release.core.delete_namespaced_pod(release.pods.pop("main"), namespace, _request_timeout=30)
+    main_pod = release.pods.pop("main")
+    release.core.delete_namespaced_pod(main_pod, namespace, _request_timeout=30)
+    wait_for(lambda: tasks.pod(main_pod) is None, 60, what="the main operator gone")  # it works until it exits
+    wait_for(lambda: "Resuming operations" in release.log("standby"), 90, what="the standby resuming")
     tasks.create(media_recording("next", room, bucket))
     tasks.wait_phase("next", "recording", timeout=150)
     standby = scrape(standby_ip, op_port)
