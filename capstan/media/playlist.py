@@ -20,6 +20,7 @@ _METADATA = re.compile(r"WIDTH:(\d+)\s+HEIGHT:(\d+)")
 class PlaylistEntry:
     duration: float
     uri: str
+    discontinuity: bool = False  # #EXT-X-DISCONTINUITY before it (a new writer's timestamps start here)
 
 
 @dataclass
@@ -63,6 +64,8 @@ def render(playlist: Playlist) -> str:
     if playlist.key_uri is not None:
         lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{playlist.key_uri}"')
     for entry in playlist.entries:
+        if entry.discontinuity:
+            lines.append("#EXT-X-DISCONTINUITY")
         # The comma is required by RFC 8216; TRTC's published sample omits it, and we read both.
         lines.append(f"#EXTINF:{entry.duration:.3f},")
         lines.append(entry.uri)
@@ -79,8 +82,11 @@ def parse(text: str) -> Playlist:
         raise ValueError("not an m3u8 playlist (no #EXTM3U header)")
     playlist = Playlist()
     pending: float | None = None
+    discontinuity = False
     for line in lines[1:]:
-        if line.startswith("#EXTINF:"):
+        if line == "#EXT-X-DISCONTINUITY":
+            discontinuity = True
+        elif line.startswith("#EXTINF:"):
             pending = _float(line[len("#EXTINF:"):].split(",", 1)[0], line)
         elif line.startswith(START_REC_TIME_TAG):
             playlist.start_rec_time_ms = _int(line[len(START_REC_TIME_TAG):], line)
@@ -102,8 +108,8 @@ def parse(text: str) -> Playlist:
         else:
             if pending is None:
                 raise ValueError(f"segment without #EXTINF: {line!r}")
-            playlist.entries.append(PlaylistEntry(pending, line))
-            pending = None
+            playlist.entries.append(PlaylistEntry(pending, line, discontinuity))
+            pending, discontinuity = None, False
     return playlist
 
 

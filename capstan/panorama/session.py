@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from capstan.api.common import Phase
 from capstan.api.webrecording import Muxer, WebRecordingSpec
+from capstan.media import playlist
 from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
 from capstan.media.pipeline.hls import HlsEncryption, HlsOutput
 from capstan.net.urlpolicy import Resolver, UrlPolicy, UrlRefused, Use
@@ -168,6 +169,8 @@ class WebRecordingSession:
                         key_prefix=self.target_dir, live_playlist=bool(self.spec.output.target_name),
                         keep_segments=not hls, encryption=encryption)
         self.writer = HlsWriter(names, out, video=video_encoding(self.size, FPS), audio=AUDIO)
+        if hls and self.ctx.attempt > 1:
+            self._continue_playlist(out.work_dir / names.playlist)
         self.stage = Stage(self.work, self.size).open()
         self.guard = EgressGuard(self.policy, resolve=self.resolve, on_refused=self._on_refused,
                                  deny_hosts=browser_service_hosts(self.env)).start()
@@ -457,6 +460,18 @@ class WebRecordingSession:
                                    "FileDuration": f["duration"], "FileURL": f["url"]} for f in self.files]},
         }
         self.worker.emit(RESULT_EVENT, body)
+
+    def _continue_playlist(self, local: Path) -> None:
+        """HLS after a failover: the segments earlier attempts stored head this attempt's playlist
+        (from the local playlist they kept in the spool), then #EXT-X-DISCONTINUITY."""
+        assert self.writer is not None
+        try:
+            earlier = playlist.parse(local.read_text()).entries
+        except (OSError, ValueError) as exc:
+            log.info("no earlier playlist to continue (%s)", exc)
+            return
+        self.writer.sink.continue_after(earlier)
+        log.info("continuing the playlist after %d segments of earlier attempts", len(earlier))
 
     def _leftovers(self, exclude: set[str]) -> list[output.RecordedSegment]:
         if self.ctx.attempt <= 1:

@@ -202,3 +202,25 @@ def test_the_browsers_own_services_are_refused_by_name_and_the_list_can_be_repla
     assert browser_service_hosts({"CAPSTAN_PANORAMA_DENY_HOSTS": "a.example, B.example."}) == {"a.example",
                                                                                                 "b.example"}
     assert target_host("https://Update.GoogleAPIs.com.:443/") == "update.googleapis.com"
+
+
+def test_a_discontinuity_is_rendered_and_read_back() -> None:
+    text = playlist.render(playlist.Playlist(entries=[playlist.PlaylistEntry(6.0, "a_1.ts"),
+                                                      playlist.PlaylistEntry(4.0, "ha1_a_2.ts", True)], ended=True))
+    lines = text.splitlines()
+    assert lines[lines.index("ha1_a_2.ts") - 2] == "#EXT-X-DISCONTINUITY"
+    assert [e.discontinuity for e in playlist.parse(text).entries] == [False, True]
+
+
+def test_a_sink_continues_the_playlist_of_an_earlier_writer(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from capstan.media.pipeline.hls import HlsOutput, HlsSink
+    from capstan.media.timeline import CaptureClock
+
+    clock = CaptureClock()
+    clock.ticks(100.0)
+    sink = HlsSink(output.WebNames("class", ha=1), HlsOutput(Path(str(tmp_path)), key_prefix="d"), clock)
+    sink.continue_after([playlist.PlaylistEntry(6.0, "class_1.ts"), playlist.PlaylistEntry(2.5, "class_2.ts")])
+    assert "#EXT-X-DISCONTINUITY" not in sink.render_playlist(ended=False)  # only before this writer's first
+    assert sink.discontinuities == {2} and [s.key for s in sink.segments] == ["d/class_1.ts", "d/class_2.ts"]

@@ -201,3 +201,34 @@ def test_a_killed_worker_is_replaced_and_the_mp4_keeps_what_the_first_attempt_re
     assert len(restarts) == 1, counters[::10]  # the first attempt's pictures, then the second's
     before, after = counters[:restarts[0] + 1], counters[restarts[0] + 1:]
     assert before[-1] - before[0] > 3 * PAGE_FPS and after[-1] - after[0] > 3 * PAGE_FPS
+
+
+def test_a_killed_hls_worker_is_replaced_and_the_playlist_goes_on_after_a_discontinuity(
+        panorama_operator: Any, webrecordings: WebRecordings, bucket: str, s3: Any, page: PageServer,
+        namespace: str) -> None:
+    import signal
+
+    from devstack import podrunner
+
+    obj = web_recording("hlsha", page.url, bucket)
+    obj["spec"]["output"] = {**obj["spec"]["output"], "muxer": "hls", "targetName": "lesson"}
+    webrecordings.create(obj)
+    st = webrecordings.wait_phase("hlsha", "recording", timeout=90)
+    time.sleep(9)  # one 6 s segment closed and stored
+    podrunner.kill_container(namespace, "hlsha-wrec-a1", sig=signal.SIGKILL)
+    wait_for(lambda: (s := webrecordings.status("hlsha")).get("attempt") == 2 and s.get("phase") == "recording",
+             120, what="attempt 2 recording")
+    time.sleep(7)
+    webrecordings.patch_spec("hlsha", {"stop": True})
+    st = webrecordings.wait_phase("hlsha", {"finished", "failed"}, timeout=120)
+    assert st["phase"] == "finished", st
+    task_id = st["taskId"]
+    text = s3.get_object(bucket, f"{task_id}/lesson.m3u8").read().decode()
+    lines = text.splitlines()
+    segments = [line for line in lines if line.endswith(".ts")]
+    first_new = next(i for i, s in enumerate(segments) if s.startswith("ha1_"))
+    assert first_new >= 1, text  # the first attempt's stored segments come first
+    assert lines.count("#EXT-X-DISCONTINUITY") == 1
+    assert lines[lines.index(segments[first_new]) - 2] == "#EXT-X-DISCONTINUITY"
+    keys = {o.object_name for o in s3.list_objects(bucket, prefix=f"{task_id}/", recursive=True)}
+    assert all(f"{task_id}/{s}" in keys for s in segments), (segments, keys)

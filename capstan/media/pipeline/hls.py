@@ -193,6 +193,7 @@ class HlsSink:
         self.video_size: tuple[int, int] | None = None
         self.frame_ticks = round(TS_HZ / 15)  # a picture's duration, for the end of the last one
         self.segments: list[SegmentInfo] = []
+        self.discontinuities: set[int] = set()  # indexes of segments a #EXT-X-DISCONTINUITY precedes
         self._segment: _Segment | None = None
 
     @property
@@ -207,6 +208,19 @@ class HlsSink:
     @property
     def playlist_key(self) -> str:
         return self.output.key(self.names.playlist)
+
+    def continue_after(self, earlier: list[playlist.PlaylistEntry]) -> None:
+        """Before any segment of this sink: ``earlier`` segments (already stored by a writer that
+        died) head its playlist, then a discontinuity; media sequence numbers (and so AES-128 IVs)
+        go on after them."""
+        if self.segments or not earlier:
+            return
+        for i, entry in enumerate(earlier):
+            if entry.discontinuity:
+                self.discontinuities.add(i)
+            self.segments.append(SegmentInfo(name=entry.uri, key=self.output.key(entry.uri), start=0.0,
+                                             duration=entry.duration, size=0, local_path=None))
+        self.discontinuities.add(len(earlier))
 
     def next_cut(self) -> int | None:
         """Ticks at which the open segment should end; None when none is open (the next picture starts one)."""
@@ -288,7 +302,8 @@ class HlsSink:
         size = self.video_size
         encryption = self.output.encryption
         return playlist.render(playlist.Playlist(
-            entries=[playlist.PlaylistEntry(s.duration, s.name) for s in self.segments],
+            entries=[playlist.PlaylistEntry(s.duration, s.name, i in self.discontinuities)
+                     for i, s in enumerate(self.segments)],
             start_rec_time_ms=round(self.clock.start * 1000),
             width=size[0] if size else None, height=size[1] if size else None, ended=ended,
             key_uri=encryption.key_uri if encryption is not None else None))
