@@ -32,43 +32,43 @@ def nodeless(stack, kube_api, crds, tmp_path) -> Iterator[tuple[Tasks, OperatorP
            "CAPSTAN_PENDING_TIMEOUT_SECONDS": "4"}
     operator = OperatorProcess(name, env, tmp_path / "operator.log")
     operator.start()
-    tasks = Tasks(kube_api, name).create_credentials()
+    own = Tasks(kube_api, name).create_credentials()
     try:
-        yield tasks, operator
+        yield own, operator
     finally:
         with contextlib.suppress(Exception):  # with the operator still there, so the finalizers go
-            for item in tasks.api.list_namespaced_custom_object("capstan.dev", "v1alpha1", name, "cloudrecordings",
+            for item in own.api.list_namespaced_custom_object("capstan.dev", "v1alpha1", name, "cloudrecordings",
                                                                 _request_timeout=30)["items"]:
-                tasks.delete(item["metadata"]["name"])
-            wait_for(lambda: not tasks.api.list_namespaced_custom_object(
+                own.delete(item["metadata"]["name"])
+            wait_for(lambda: not own.api.list_namespaced_custom_object(
                 "capstan.dev", "v1alpha1", name, "cloudrecordings", _request_timeout=30)["items"], 30,
-                what="tasks deleted")
+                what="the tasks deleted")
         operator.stop()
         with contextlib.suppress(Exception):
             core.delete_namespace(name, _request_timeout=30)
 
 
 def test_a_worker_pod_that_never_starts_fails_and_gives_its_place_to_the_next(nodeless):
-    tasks, _ = nodeless
-    tasks.create(recording("stuck"))
-    wait_for(lambda: tasks.pod("stuck-crec-a1"), 30, what="the worker Pod created")
-    tasks.create(recording("next"))
+    own, _ = nodeless
+    own.create(recording("stuck"))
+    wait_for(lambda: own.pod("stuck-crec-a1"), 30, what="the worker Pod created")
+    own.create(recording("next"))
     wait_for(lambda: any(c["type"] == "Queued" and c["status"] == "True"
-                         for c in tasks.status("next").get("conditions", [])), 30, what="next queued behind it")
-    st = tasks.wait_phase("stuck", "failed", timeout=40)
+                         for c in own.status("next").get("conditions", [])), 30, what="next queued behind it")
+    st = own.wait_phase("stuck", "failed", timeout=40)
     assert st["result"]["errorCode"] == "WorkerPending"
     assert "Pending for more than 4 s" in st["result"]["errorMessage"]
-    assert any(r == "WorkerPending" for r, _ in tasks.events("stuck"))
-    wait_for(lambda: tasks.pod("stuck-crec-a1") is None, 30, what="the Pending Pod deleted")
+    assert any(r == "WorkerPending" for r, _ in own.events("stuck"))
+    wait_for(lambda: own.pod("stuck-crec-a1") is None, 30, what="the Pending Pod deleted")
     # its place went to the next task, whose Pod is Pending too; a stop ends it at once
-    wait_for(lambda: tasks.pod("next-crec-a1"), 30, what="next admitted")
-    tasks.patch_spec("next", {"stop": True})
-    st = tasks.wait_phase("next", "canceled", timeout=20)
+    wait_for(lambda: own.pod("next-crec-a1"), 30, what="next admitted")
+    own.patch_spec("next", {"stop": True})
+    st = own.wait_phase("next", "canceled", timeout=20)
     assert st.get("result") is None or st["result"].get("errorCode") != "WorkerPending"
-    wait_for(lambda: tasks.pod("next-crec-a1") is None, 30, what="its Pod deleted")
+    wait_for(lambda: own.pod("next-crec-a1") is None, 30, what="its Pod deleted")
 
 
-def test_a_name_longer_than_a_label_value_starts_stops_and_deletes(operator, tasks, namespace):
+def test_a_name_longer_than_a_label_value_starts_stops_and_deletes(operator, tasks, namespace):  # noqa: F811
     name = "a-lesson-recorded-for-the-spring-term-of-the-music-school-" + "x" * 20  # 78 characters
     assert len(name) > 63
     obj = recording(name)
@@ -83,7 +83,8 @@ def test_a_name_longer_than_a_label_value_starts_stops_and_deletes(operator, tas
     wait_for(lambda: tasks.get(name) is None, 60, what="the task deleted")
 
 
-def test_a_secret_value_that_is_not_utf8_fails_the_task_naming_it_and_the_operator_goes_on(operator, tasks):
+def test_a_secret_value_that_is_not_utf8_fails_the_task_naming_it_and_the_operator_goes_on(
+        operator, tasks):  # noqa: F811
     tasks.core.create_namespaced_secret(tasks.ns, {
         "metadata": {"name": "binary-credentials", **USE},
         "data": {"accessKey": base64.b64encode(b"\xff\xfe\x00key").decode(),
