@@ -20,7 +20,6 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -102,9 +101,8 @@ class EgressGuard:
     """The proxy, on 127.0.0.1 in its own thread; :attr:`refused` counts the refusals."""
 
     def __init__(self, policy: UrlPolicy, *, resolve: Resolver | None = None,
-                 on_refused: Callable[[Refusal], None] | None = None, deny_hosts: frozenset[str] = frozenset()) -> None:
-        self.policy, self.resolve, self.on_refused = policy, resolve, on_refused
-        self.deny_hosts = deny_hosts
+                 deny_hosts: frozenset[str] = frozenset()) -> None:
+        self.policy, self.resolve, self.deny_hosts = policy, resolve, deny_hosts
         self.refused = 0
         self.forwarded = 0
         self.recent: deque[Refusal] = deque(maxlen=10)
@@ -166,9 +164,6 @@ class EgressGuard:
             self.refused += 1
             self.recent.append(refusal)
         log.warning("refused a page request to %s: %s", refusal.target, refusal.reason)
-        if self.on_refused is not None:
-            with contextlib.suppress(Exception):
-                self.on_refused(refusal)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

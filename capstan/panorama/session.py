@@ -36,7 +36,7 @@ from capstan.operator.phases import EXIT_TASK_REFUSED
 from capstan.panorama import output
 from capstan.panorama.browser import Browser
 from capstan.panorama.capture import SOUND_CHANNELS, SOUND_RATE, ScreenSource, SoundSource
-from capstan.panorama.guard import EgressGuard, Refusal, browser_service_hosts, describe_target
+from capstan.panorama.guard import EgressGuard, browser_service_hosts, describe_target
 from capstan.panorama.stage import Stage
 from capstan.panorama.timeline import RecordingClock
 from capstan.recorder.hls import HlsWriter
@@ -128,7 +128,6 @@ class WebRecordingSession:
         self._stem = output.segment_stem(spec.output.target_name, self.ctx.task_id or self.ctx.name)
         self.files: list[dict[str, Any]] = []
         self._last_status = 0.0
-        self._reported_refusals = 0
         worker.on_spec_change(self.changes.put)
         worker.on_annotations_change(self._annotations_changed)
         self.refresh_mark = ((getattr(worker, "annotations", None) or {}).get(REFRESH_ANNOTATION))
@@ -172,8 +171,7 @@ class WebRecordingSession:
         if hls and self.ctx.attempt > 1:
             self._continue_playlist(out.work_dir / names.playlist)
         self.stage = Stage(self.work, self.size).open()
-        self.guard = EgressGuard(self.policy, resolve=self.resolve, on_refused=self._on_refused,
-                                 deny_hosts=browser_service_hosts(self.env)).start()
+        self.guard = EgressGuard(self.policy, resolve=self.resolve, deny_hosts=browser_service_hosts(self.env)).start()
         self.browser = Browser(self.work / "profile", self.size, self.stage.env, self.guard.proxy_url)
         self.browser.open(on_start=self._page_started)
         self.screen = ScreenSource(self.stage.env["DISPLAY"], self.size, FPS)
@@ -235,9 +233,6 @@ class WebRecordingSession:
         if self.encoder_thread is not None and self.encoder_thread.is_alive():
             self.encoding.put(None)
             self.encoder_thread.join(60)
-
-    def _on_refused(self, refusal: Refusal) -> None:
-        log.info("page request refused: %s (%s)", refusal.target, refusal.reason)
 
     def _record(self) -> Ending:
         browser, spec = self.browser, self.spec
