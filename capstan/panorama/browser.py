@@ -72,6 +72,12 @@ NO_SCROLLBARS = """(() => { const add = () => { const s = document.createElement
   if (document.documentElement) add(); else document.addEventListener('DOMContentLoaded', add); })();"""
 
 
+def sandbox_wanted(env: dict[str, str] | os._Environ[str]) -> bool:
+    """Chromium's sandbox, unless running as root (it refuses to) or CAPSTAN_PANORAMA_SANDBOX=0 (a
+    container runtime without user namespaces, where the sandbox cannot start)."""
+    return os.geteuid() != 0 and env.get("CAPSTAN_PANORAMA_SANDBOX", "1") != "0"
+
+
 class Browser:
     """One Chromium window showing one page."""
 
@@ -95,7 +101,7 @@ class Browser:
         try:
             self.context = self._playwright.chromium.launch_persistent_context(
                 str(self.profile), executable_path=CHROMIUM, headless=False, no_viewport=True,
-                args=chromium_args(self.size, self.proxy_url, sandbox=os.geteuid() != 0,
+                args=chromium_args(self.size, self.proxy_url, sandbox=sandbox_wanted(os.environ),
                                    js_heap_mb=int(os.environ.get("CAPSTAN_PANORAMA_JS_HEAP_MB", "1024"))),
                 ignore_default_args=IGNORED_DEFAULT_ARGS, env={**os.environ, **self.env},
                 service_workers="block", accept_downloads=False, timeout=NAVIGATION_TIMEOUT_SECONDS * 1000,
