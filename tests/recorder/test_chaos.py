@@ -37,6 +37,9 @@ ANCHORS = ("alice", "bob", "carol")
 # loaded machine's late frame); anything longer is lost recording.
 HOLE_SLACK = 1.5
 SEGMENT = 2.0  # seconds; a kill loses the open segment, which began up to this long before it
+# ... and the frames received but not yet written: a loaded 2-core machine's encoders lag (one
+# livekit run of `make chaos` lost 3.8 s before a kill: 2 s segment + 1.8 s behind).
+ENCODE_LAG = 2.0
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(300 + RUNS * KILLS * (MAX_FREEZE + 120))]
 
@@ -123,7 +126,7 @@ def test_random_kills_with_storage_freezes_lose_nothing_closed(
         spans = covered(client, "flaky", st["taskId"], room.name, user, attempts)
         assert spans, f"{user} was not recorded"
         unexplained = [(a, b) for a, b in holes(spans, spans[0][0], min(stopped_at, spans[-1][1]))
-                       if not any(k - SEGMENT - HOLE_SLACK <= a and b <= first + HOLE_SLACK for k, first in dead)]
+                       if not any(k - SEGMENT - ENCODE_LAG <= a and b <= first + HOLE_SLACK for k, first in dead)]
         assert not unexplained, (f"{user}: holes while a recorder ran: {unexplained}; dead times {dead}")
     backend = room.server.name
     print(f"chaos run {run} ({backend}): failover gaps {[round(g, 2) for g in gaps]} s")
