@@ -205,18 +205,25 @@ def side_capstan(work: Path, seconds: float) -> None:
     server.close()
     if code != 0:
         raise SystemExit(f"the session ended with {code}")
-    _probe(next((work / "store").rglob("*.mp4")), work)
+    (work / "output.path").write_text(str(next((work / "store").rglob("*.mp4"))))
 
 
-def _probe(path: Path, work: Path) -> None:
-    """Frames and seconds of what a side wrote (both must have kept up with 30 fps to compare)."""
+def _probe(path: Path) -> dict[str, Any]:
+    """Frames and seconds of what a side wrote, read by the parent after the side's tree was measured.
+    FFmpeg's MP4 is constant-rate (pictures repeated or dropped to 30/s); capstan keeps grab times, so
+    the page's own counter tells how many different pictures of the page each side caught."""
     import av
 
+    sys.path.insert(0, str(ROOT))
+    from tests.panorama.page import read_counter
+
     with av.open(str(path)) as c:
-        frames = sum(1 for _ in c.demux(c.streams.video[0]) if _.size)
         seconds = float(c.duration / av.time_base) if c.duration else 0.0
-    (work / "output.json").write_text(json.dumps({"frames": frames, "seconds": round(seconds, 2),
-                                                  "fps": round(frames / seconds, 1) if seconds else 0}))
+        counters = [read_counter(frame.to_ndarray(format="rgb24")) for frame in c.decode(video=0)]
+    distinct = len(set(counters))
+    return {"frames": len(counters), "seconds": round(seconds, 2),
+            "fps": round(len(counters) / seconds, 1) if seconds else 0,
+            "distinct_page_frames": distinct, "distinct_fps": round(distinct / seconds, 1) if seconds else 0}
 
 
 def _no_dns(host: str, port: int) -> list[str]:
@@ -253,7 +260,7 @@ def side_ffmpeg(work: Path, seconds: float) -> None:
             browser.wait(0.25)
         if proc.returncode != 0:
             raise SystemExit(f"ffmpeg exited {proc.returncode}")
-        _probe(work / "ffmpeg.mp4", work)
+        (work / "output.path").write_text(str(work / "ffmpeg.mp4"))
     finally:
         browser.close()
         guard.stop()
@@ -275,7 +282,7 @@ def measure_side(name: str, seconds: float) -> dict[str, Any]:
         if proc.returncode != 0:
             raise RuntimeError(f"{name} side exited {proc.returncode}: {err.decode(errors='replace')[-2000:]}")
         result["wall_seconds"] = round(time.monotonic() - began, 2)
-        result["output"] = json.loads((Path(tmp) / "output.json").read_text())
+        result["output"] = _probe(Path((Path(tmp) / "output.path").read_text()))
         result["cores"] = round(result["cpu_seconds"] / seconds, 3)
         result["cores_by_part"] = {k: round(v / seconds, 3) for k, v in result["parts"].items()}
         return result
