@@ -151,6 +151,9 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
     standby_ip = release.ip(release.start_operator("standby"))
     operator = wait_for(lambda: _try_scrape(main_ip, op_port), 90, what="the main operator's /metrics")
     assert sample(operator, "capstan_queue_length", kind="cloudrecordings") == 0
+    # kopf peering: until the standby has seen the main operator's higher priority, both are active
+    # (writes are conditional, so that is safe); the figures below count on the standby being paused
+    wait_for(lambda: "Pausing operations in favour of" in release.log("standby"), 90, what="the standby paused")
 
     # a real recording under the chart's ServiceAccount and RBAC; both /metrics move while it runs
     room.start("alice")
