@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -30,5 +31,17 @@ def main(argv: list[str] | None = None) -> int:
     return worker.run(module.run)
 
 
+def exit_now(code: int) -> None:
+    """Exit with `code` without interpreter finalization: the worker's daemon threads (its own-resource
+    watch, the metrics server, the room SDKs' threads) may still be logging, and finalizing under them
+    aborts the process (SIGABRT, exit 134) -- which turned a refusal (3) or a clean stop (0) into a
+    failover. Everything the worker keeps is written and flushed by the time `main` returns."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_now(main())
