@@ -254,13 +254,18 @@ class Gateway:
         return {"TaskId": mapping.task_id_of(obj)}
 
     async def delete_cloud_recording(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
+        obj = await self._stop_by_task_id(binding, params, "cloudrecordings")
+        return {"TaskId": mapping.task_id_of(obj)}
+
+    async def _stop_by_task_id(self, binding: KeyBinding, params: dict[str, Any], plural: str) -> dict[str, Any]:
+        """A body of exactly SdkAppId and TaskId: `stop: true` on that task; the task as it was."""
         req = Obj(params)
         app = self._sdk_app_id(req)
         req.get("TaskId", str, required=True)
         req.done()
-        namespace, obj = await self._find(binding, "cloudrecordings", params.get("TaskId"), app)
-        await self._patch(namespace, "cloudrecordings", obj["metadata"]["name"], {"stop": True})
-        return {"TaskId": mapping.task_id_of(obj)}
+        namespace, obj = await self._find(binding, plural, params.get("TaskId"), app)
+        await self._patch(namespace, plural, obj["metadata"]["name"], {"stop": True})
+        return obj
 
     # --- StreamPush ---------------------------------------------------------------------------------
 
@@ -284,12 +289,7 @@ class Gateway:
         return ingest.describe_stream_ingest(obj)
 
     async def stop_stream_ingest(self, binding: KeyBinding, params: dict[str, Any]) -> dict[str, Any]:
-        req = Obj(params)
-        app = self._sdk_app_id(req)
-        req.get("TaskId", str, required=True)
-        req.done()
-        namespace, obj = await self._find(binding, "streampushes", params.get("TaskId"), app)
-        await self._patch(namespace, "streampushes", obj["metadata"]["name"], {"stop": True})
+        await self._stop_by_task_id(binding, params, "streampushes")
         return {}
 
     # --- WebRecording -------------------------------------------------------------------------------
