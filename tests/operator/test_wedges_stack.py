@@ -58,7 +58,8 @@ def test_a_worker_pod_that_never_starts_fails_and_gives_its_place_to_the_next(no
     st = own.wait_phase("stuck", "failed", timeout=40)
     assert st["result"]["errorCode"] == "WorkerPending"
     assert "Pending for more than 4 s" in st["result"]["errorMessage"]
-    assert any(r == "WorkerPending" for r, _ in own.events("stuck"))
+    # the Event is posted right after the status write that ended the task
+    wait_for(lambda: any(r == "WorkerPending" for r, _ in own.events("stuck")), 30, what="the WorkerPending Event")
     wait_for(lambda: own.pod("stuck-crec-a1") is None, 30, what="the Pending Pod deleted")
     # its place went to the next task, whose Pod is Pending too; a stop ends it at once
     wait_for(lambda: own.pod("next-crec-a1"), 30, what="next admitted")
