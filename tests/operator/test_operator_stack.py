@@ -254,7 +254,9 @@ def test_missing_secret_fails_the_task_naming_the_field(operator, kube_api, name
     assert st["result"]["errorCode"] == "InvalidParameter"
     assert st["result"]["errorMessage"].startswith("spec.room.credentialsSecretRef")
     assert "livekit-credentials" in st["result"]["errorMessage"]
-    assert any(r == "InvalidParameter" for r, _ in tasks.events("nosecret"))
+    # the Event is posted right after the status write that failed the task
+    wait_for(lambda: any(r == "InvalidParameter" for r, _ in tasks.events("nosecret")), 30,
+             what="the InvalidParameter Event")
     assert tasks.pod("nosecret-crec-a1") is None
 
 
