@@ -33,8 +33,17 @@ def pod_runner(stack) -> Iterator[Any]:
     runner.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def operator_factory(stack, crds, pod_runner, namespace, tmp_path) -> Iterator[Callable[..., OperatorProcess]]:
+def operator_factory(request, stack, crds, pod_runner, namespace,
+                     tmp_path) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
     def start(**settings: str) -> OperatorProcess:
@@ -52,7 +61,10 @@ def operator_factory(stack, crds, pod_runner, namespace, tmp_path) -> Iterator[C
     yield start
     for op in started:
         op.stop()
-    failed = [op for op in started if "Traceback" in op.log()]
+    report = getattr(request.node, "report_call", None)
+    test_failed = report is not None and report.failed
+    # a failed test shows what its operators said; a passing one only their tracebacks
+    failed = [op for op in started if test_failed or "Traceback" in op.log()]
     for op in failed:
         sys.stderr.write(f"--- operator log {op.log_path}\n{op.log()[-4000:]}\n")
 

@@ -187,7 +187,7 @@ def test_a_failed_task_still_delivers_its_events(operator_factory, tasks, receiv
     operator_factory(CAPSTAN_MAX_FAILOVERS="0")
     receiver.always_fail = True
     tasks.create(with_callback("cb-g", receiver))
-    wait_for(lambda: receiver.tries >= 1, 30, what="301 tried")
+    wait_for(lambda: receiver.tries >= 1, 60, what="301 tried")
     podrunner.kill_container(namespace, "cb-g-crec-a1", sig=signal.SIGKILL)
     st = tasks.wait_phase("cb-g", "failed", timeout=40)
     receiver.always_fail = False
