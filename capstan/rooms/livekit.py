@@ -58,6 +58,11 @@ CONNECT_TIMEOUT = 15.0  # signal connection + first ICE/DTLS
 REQUEST_TIMEOUT = 10.0  # one RoomService call
 SUBSCRIBE_TIMEOUT = 15.0  # set_subscribed -> track_subscribed
 AUDIO_RATE = 48000
+# Pictures the SDK's native side may hold for us while our event loop is busy (an encode holding
+# the GIL, a loaded node): its default queue is shallow, so a stall longer than one frame interval
+# dropped pictures ("native video stream queue overflow"). Half a second at 30 fps; bounded, so a
+# subscriber that falls behind for good still drops instead of growing without limit.
+VIDEO_QUEUE_FRAMES = 15
 AUDIO_QUEUE_MS = 200  # what an audio source buffers before it sends
 AUDIO_MAX_LAG = 1.0  # an audio frame this late re-anchors the sample clock (the sender paused)
 
@@ -79,6 +84,32 @@ _SOURCES = {
     rtc.TrackSource.SOURCE_SCREENSHARE: MediaId.AUX, rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO: MediaId.AUX,
 }
 
+
+
+class BufferedVideoStream(rtc.VideoStream):
+    """``rtc.VideoStream`` asking the native side for a queue of VIDEO_QUEUE_FRAMES pictures.
+
+    The SDK does not expose the request's ``queue_size_frames`` (its AudioStream sets it, its
+    VideoStream leaves the shallow default), so the stream request is built here; with an SDK
+    whose request has no such field the default stays."""
+
+    def _create_owned_stream(self) -> Any:
+        from livekit.rtc._ffi_client import FfiClient
+        from livekit.rtc._proto import ffi_pb2, video_frame_pb2
+
+        track = self._track
+        if track is None:
+            return super()._create_owned_stream()
+        req = ffi_pb2.FfiRequest()
+        new_stream = req.new_video_stream
+        new_stream.track_handle = track._ffi_handle.handle
+        new_stream.type = video_frame_pb2.VideoStreamType.VIDEO_STREAM_NATIVE
+        if self._format is not None:
+            new_stream.format = self._format
+        new_stream.normalize_stride = True
+        if "queue_size_frames" in new_stream.DESCRIPTOR.fields_by_name:
+            new_stream.queue_size_frames = VIDEO_QUEUE_FRAMES
+        return FfiClient.instance.request(req).new_video_stream.stream
 
 class LiveKitConnectionLost(RoomConnectionLost):
     """The connection to the LiveKit server was lost and the SDK could not get it back."""
@@ -146,7 +177,7 @@ class _TrackPump:
             self.publication.set_subscribed(True)
             remote = await asyncio.wait_for(asyncio.shield(self.subscribed), SUBSCRIBE_TIMEOUT)
             if self.track.kind is TrackKind.VIDEO:
-                stream = rtc.VideoStream(remote, format=rtc.VideoBufferType.I420)
+                stream = BufferedVideoStream(remote, format=rtc.VideoBufferType.I420)
                 await self._video(stream)
             else:
                 stream = rtc.AudioStream(remote, sample_rate=AUDIO_RATE, num_channels=1)
