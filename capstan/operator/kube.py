@@ -20,6 +20,10 @@ from capstan.operator import children, worker_env
 from capstan.operator.config import LABEL_TASK
 
 TIMEOUT = 10
+# HTTP connections kept to the API server: at least kopf's handler threads (execution.max_workers)
+# plus the callback dispatcher. The client's default (5 per CPU) made a burst of handlers open and
+# throw away a TLS connection per request once the pool was full.
+CONNECTION_POOL_SIZE = 48
 log = logging.getLogger(__name__)
 
 
@@ -31,7 +35,9 @@ def client() -> kubernetes.client.ApiClient:
     except kubernetes.config.ConfigException:
         # KUBECONFIG read now, not when the kubernetes package was imported
         kubernetes.config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
-    return kubernetes.client.ApiClient()
+    configuration = kubernetes.client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONNECTION_POOL_SIZE
+    return kubernetes.client.ApiClient(configuration)
 
 
 def core() -> kubernetes.client.CoreV1Api:
@@ -43,9 +49,12 @@ def rbac() -> kubernetes.client.RbacAuthorizationV1Api:
 
 
 def _create(fn, namespace: str, obj: dict[str, Any]) -> bool:
-    """Create; True if created now, False if it was already there."""
+    """Create; True if created now, False if it was already there. The answer is not turned into
+    the client's model objects (nothing reads it, and that costs more CPU than the request)."""
     try:
-        fn(namespace, obj, _request_timeout=TIMEOUT)
+        answer = fn(namespace, obj, _request_timeout=TIMEOUT, _preload_content=False)
+        answer.read()  # drained, so the connection goes back to the pool
+        answer.release_conn()
         return True
     except ApiException as exc:
         if exc.status == 409:

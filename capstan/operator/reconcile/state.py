@@ -65,6 +65,10 @@ class KindState:
     tasks: dict[tuple[str, str], TaskMemory] = field(default_factory=dict)
     by_uid: dict[str, TaskMemory] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # One thread at a time admits the queue's head (reconcile.task.admit_waiting); the others only
+    # ask for another round, so a burst of events does not become a convoy on the same tasks' locks.
+    admitting: threading.Lock = field(default_factory=threading.Lock)
+    admit_requested: bool = False
 
     def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:
         """This task's memory; a new one when the name now belongs to another object."""

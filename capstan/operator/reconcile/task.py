@@ -215,8 +215,24 @@ def _accept(task: Task, plan: Plan) -> None:
 
 def admit_waiting(state: OperatorState, info: KindInfo, pods: PodLookup,
                   entries: Callable[[], Iterable[QueueEntry]]) -> None:
-    """After a place freed: start the tasks first in the queue, then refresh the places shown."""
+    """After a place freed: start the tasks first in the queue, then refresh the places shown.
+
+    Single-flight per kind: a caller finding another thread at it leaves a request for one more
+    round and returns (the flag is read after the lock is released, so no request is lost)."""
     kind = state.kinds[info.plural]
+    kind.admit_requested = True
+    while kind.admit_requested:
+        if not kind.admitting.acquire(blocking=False):
+            return
+        try:
+            kind.admit_requested = False
+            _admit_rounds(state, info, kind, pods, entries)
+        finally:
+            kind.admitting.release()
+
+
+def _admit_rounds(state: OperatorState, info: KindInfo, kind: KindState, pods: PodLookup,
+                  entries: Callable[[], Iterable[QueueEntry]]) -> None:
     for _ in range(state.config.max_tasks):  # bounded: each round admits or stops
         with kind.quota_lock:
             view = kind.quota.view(list(entries()))
@@ -226,11 +242,17 @@ def admit_waiting(state: OperatorState, info: KindInfo, pods: PodLookup,
             break
         progressed = False
         for mem in candidates:
-            assert mem.body is not None
+            # A task whose own pass runs now is left to it: that pass (or the free-place check
+            # after it, in the handler) admits it; waiting on its lock here only serialises the burst.
+            if not mem.lock.acquire(blocking=False):
+                continue
             try:
+                assert mem.body is not None
                 reconcile(state, info, mem.body, pods, entries)
             except Exception:  # noqa: BLE001 - one task's failure must not keep the others queued
-                log.exception("admitting %s failed", mem.body["metadata"].get("name"))
+                log.exception("admitting %s failed", (mem.body or {}).get("metadata", {}).get("name"))
+            finally:
+                mem.lock.release()
             progressed = progressed or mem.uid in kind.quota.admitted or admit.is_admitted(
                 (mem.body or {}).get("status") or {})
         if not progressed:
