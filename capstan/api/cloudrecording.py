@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field, StringConstraints
 from capstan.api.common import (
     IMMUTABLE,
     STOP_IS_FINAL,
+    STORAGE_DEFAULT,
     USER_ID_PATTERN,
     CallbackSpec,
     CamelModel,
@@ -190,7 +191,7 @@ class CloudRecordingSpec(CamelModel):
     watermarks: list[Watermark] = Field(default_factory=list, max_length=25,
                                         description="Up to 25 images over the mixed picture (mix only).")
     output: RecordingOutputSpec = Field(default_factory=RecordingOutputSpec, description=RecordingOutputSpec.__doc__)
-    storage: StorageSpec = Field(description=StorageSpec.__doc__)
+    storage: StorageSpec | None = Field(None, description=f"{StorageSpec.__doc__} {STORAGE_DEFAULT}")
     callback: CallbackSpec | None = Field(None, description=CallbackSpec.__doc__)
     stop: bool = Field(False, description="Set true to end the recording gracefully; results are kept.")
 

@@ -73,10 +73,15 @@ class RoomBackend(StrEnum):
 class RoomSpec(CamelModel):
     """The real-time room: TRTC's SdkAppId + RoomId/StrRoomId, mapped onto a LiveKit room."""
 
-    backend: RoomBackend = Field(RoomBackend.livekit,
-                                 description="Room server kind: `livekit` (default) or `janus` (Janus VideoRoom).")
-    url: str = Field(description="Room server URL the worker connects to, e.g. ws://livekit.example:7880.",
-                     pattern=r"^(wss?|https?)://\S+$", max_length=2048)
+    backend: RoomBackend | None = Field(
+        None, description="Room server kind: `livekit` or `janus` (Janus VideoRoom). Defaults to the operator's "
+                          "default room backend (chart value defaults.room.backend, `livekit` unless set) when "
+                          "omitted.")
+    url: str | None = Field(
+        None, pattern=r"^(wss?|https?)://\S+$", max_length=2048,
+        description="Room server URL the worker connects to, e.g. ws://livekit.example:7880. Defaults to the "
+                    "operator's default room URL (chart value defaults.room.url) when omitted; then backend, if "
+                    "given, must be the default's. Without a default the task fails (InvalidParameter).")
     sdk_app_id: int = Field(alias="sdkAppId", ge=1, le=4294967295,
                             description="Application id (TRTC SdkAppId); the first part of every file name "
                                         "and the SdkAppId header of callbacks.")
@@ -85,10 +90,13 @@ class RoomSpec(CamelModel):
                                             "if both are, roomId is used (as in TRTC).")
     str_room_id: str | None = Field(None, alias="strRoomId", pattern=STR_ROOM_ID_PATTERN, max_length=64,
                                     description="String room id (TRTC StrRoomId); Base64-encoded in file names.")
-    credentials_secret_ref: SecretRef = Field(
-        alias="credentialsSecretRef",
+    credentials_secret_ref: SecretRef | None = Field(
+        None, alias="credentialsSecretRef",
         description="Secret with the room server's credentials. livekit: keys `apiKey` and `apiSecret`, from "
-                    "which the operator mints the worker's access token; janus: optional key `roomPin`.")
+                    "which the operator mints the worker's access token; janus: optional key `roomPin`. Defaults "
+                    "to the operator's default room Secret (chart value defaults.room.credentialsSecret: a Secret "
+                    "of that name in this task's namespace, labelled capstan.dev/use) when omitted, if the task "
+                    "uses the default room URL; otherwise required.")
 
     model_config = ConfigDict(json_schema_extra=validations(
         cel("has(self.roomId) || has(self.strRoomId)", "room.roomId or room.strRoomId must be set",
@@ -117,6 +125,11 @@ class StorageSpec(CamelModel):
         None, alias="publicBaseUrl", pattern=r"^https?://\S+$", max_length=2048,
         description="Base URL where the bucket's objects are public (a CDN, a public bucket): result and "
                     "status URLs are <publicBaseUrl>/<object key>. Unset: presigned GET URLs valid 7 days.")
+
+
+STORAGE_DEFAULT = ("Defaults to the operator's default storage (chart value defaults.storage; its credentials "
+                   "Secret is one of that name in this task's namespace, labelled capstan.dev/use) when omitted. "
+                   "Without a default the task fails (InvalidParameter).")
 
 
 class CallbackSpec(CamelModel):

@@ -9,6 +9,7 @@ from pydantic import ConfigDict, Field
 from capstan.api.common import (
     IMMUTABLE,
     STOP_IS_FINAL,
+    STORAGE_DEFAULT,
     CallbackSpec,
     CamelModel,
     SecretKeyRef,
@@ -27,7 +28,7 @@ class Muxer(StrEnum):
 class WebOutputSpec(CamelModel):
     """Where and how the page recording is written (seed 003 Output.Cos + Output.Video)."""
 
-    storage: StorageSpec = Field(description=StorageSpec.__doc__)
+    storage: StorageSpec | None = Field(None, description=f"{StorageSpec.__doc__} {STORAGE_DEFAULT}")
     target_dir: str | None = Field(None, alias="targetDir", pattern=r"^[A-Za-z0-9_\-./]{1,512}$",
                                    description="Directory in the bucket; the task id by default.")
     target_name: str | None = Field(None, alias="targetName", pattern=r"^[A-Za-z0-9_\-.]{1,255}$",
@@ -64,7 +65,7 @@ class WebRecordingSpec(CamelModel):
     height: int = Field(720, ge=2, le=2560, multiple_of=2, description="Recording height in pixels (max 2560).")
     max_duration_limit: int = Field(21600, alias="maxDurationLimit", ge=1, le=36000,
                                     description="Recording ends after this many seconds (default 6 h, max 10 h).")
-    output: WebOutputSpec = Field(description=WebOutputSpec.__doc__)
+    output: WebOutputSpec = Field(default_factory=WebOutputSpec, description=WebOutputSpec.__doc__)
     callback: CallbackSpec | None = Field(None, description=CallbackSpec.__doc__)
     paused: bool = Field(False, description="true pauses; false resumes into the same file (no new file).")
     refresh_generation: int = Field(0, alias="refreshGeneration", ge=0,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from capstan.net.urlpolicy import UrlPolicy
+from capstan.operator.defaults import TaskDefaults
 
 PREFIX = "capstan.dev"
 FINALIZER = f"{PREFIX}/finalizer"
@@ -60,6 +61,8 @@ class OperatorConfig:
     worker_uid: int = 10001  # the non-root user worker containers run as (the images' user)
     worker_metrics_port: int = 9090  # each worker Pod serves /metrics here (the chart's PodMonitor); 0: off
     url_policy: UrlPolicy = field(default_factory=UrlPolicy)  # what tenant URLs may reach
+    # Room server and storage for tasks that name none (CAPSTAN_DEFAULT_ROOM_*, CAPSTAN_DEFAULT_STORAGE_*).
+    defaults: TaskDefaults = field(default_factory=TaskDefaults)
 
     def image_for(self, worker: str) -> str:
         """Each worker kind has its own image (panorama carries Chromium); one image may serve all."""
@@ -100,6 +103,7 @@ class OperatorConfig:
             worker_uid=_int("CAPSTAN_WORKER_UID", 10001),
             worker_metrics_port=_int("CAPSTAN_WORKER_METRICS_PORT", 9090),
             url_policy=UrlPolicy.from_env(),
+            defaults=TaskDefaults.from_env(),
         )
 
 

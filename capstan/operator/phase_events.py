@@ -15,6 +15,7 @@ import kopf
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
 from capstan.api.common import TaskEvent
 from capstan.operator import outbox
+from capstan.operator.defaults import effective_spec
 
 EVENT_REASONS = {301: "RecorderStart", 302: "RecorderStop", 303: "UploadStart", 304: "FileInfo",
                  305: "UploadStop", 306: "Failover", 307: "FileSlice", 308: "UploadError",
@@ -46,12 +47,16 @@ def _mirror_outbox(info: KindInfo, body: kopf.Body, status: kopf.Status, memo: k
     memo["last_event_seq"] = last
     if seen is None:
         return  # first sight after a (re)start: these were mirrored before
+    spec = dict(body.get("spec") or {})
+    state = memo.get("capstan")  # the operator's state (handlers.configure); absent when run alone
+    if state is not None:  # the default storage filled in: result bodies may name its URLs
+        spec = effective_spec(info, spec, state.config.defaults, strict=False)
     for event in sorted(events, key=lambda e: int(e.get("seq", 0))):
         if int(event.get("seq", 0)) <= seen:
             continue
         kind = int(event.get("type", 0))
         try:
-            why = outbox.refusal(info, dict(body.get("spec") or {}), dict(status), TaskEvent.model_validate(event))
+            why = outbox.refusal(info, spec, dict(status), TaskEvent.model_validate(event))
         except ValueError as exc:  # not even an outbox entry
             why = f"malformed outbox entry ({type(exc).__name__})"
         if why is not None:  # a worker wrote it, the operator does not repeat it

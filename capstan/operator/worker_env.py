@@ -16,6 +16,7 @@ from capstan import rooms
 from capstan.api import KindInfo
 from capstan.net import urlpolicy
 from capstan.operator import children
+from capstan.operator.defaults import TaskConfigError
 from capstan.rooms.base import Role, SecretReader
 
 # A task may use a Secret only when the Secret says so: otherwise anyone who may create a task could
@@ -35,10 +36,6 @@ def unavailable_message(namespace: str, name: str) -> str:
     """One message for "missing" and "not opted in", so a failed task does not tell its author
     which Secrets exist."""
     return f'Secret {namespace}/{name} not found or not labelled {SECRET_OPT_IN_LABEL}: "true"'
-
-
-class TaskConfigError(Exception):
-    """The task refers to something that is not there; the message names the field."""
 
 
 @dataclass
@@ -124,10 +121,13 @@ def _storage_env(storage: dict[str, Any], field_path: str, read: SecretReader, o
         children.secret_env("S3_ACCESS_KEY", creds, "accessKey"),
         children.secret_env("S3_SECRET_KEY", creds, "secretKey"),
     ]
+    if storage.get("publicBaseUrl"):  # the worker's spec may not hold it (the operator's default storage)
+        out.env.append(_value("S3_PUBLIC_BASE_URL", storage["publicBaseUrl"]))
 
 
 def worker_env(info: KindInfo, body: dict[str, Any], read: SecretReader) -> WorkerEnv:
-    """Env and per-task Secrets for the worker of `body`; raises TaskConfigError."""
+    """Env and per-task Secrets for the worker of `body`, whose spec has the operator's defaults
+    filled in (`defaults.effective_spec`); raises TaskConfigError."""
     spec = body["spec"]
     out = WorkerEnv()
     if "room" in spec:

@@ -9,7 +9,7 @@ import sys
 from capstan.api.webrecording import WebRecordingSpec
 from capstan.net.urlpolicy import UrlPolicy, redact_userinfo
 from capstan.panorama.session import WebRecordingSession
-from capstan.storage.client import client_from_env
+from capstan.storage.client import client_from_env, public_base_url
 from capstan.storage.uploader import Uploader
 from capstan.worker.base import Worker
 
@@ -22,7 +22,7 @@ def run(worker: Worker) -> int:
     bucket = os.environ["S3_BUCKET"]
     uploader = Uploader(s3, bucket, worker.ctx.work_dir / "spool")
     session = WebRecordingSession(worker, spec, uploader=uploader, s3=s3, bucket=bucket, policy=UrlPolicy.from_env(),
-                                  public_base_url=spec.output.storage.public_base_url)
+                                  public_base_url=public_base_url(spec.output.storage))
     try:
         if worker.ctx.attempt > 1 and worker.status_at_start.get("stopTime"):
             return session.finish_leftovers()  # it had stopped: store what the spool holds, do not record anew

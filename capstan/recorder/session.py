@@ -42,6 +42,7 @@ from capstan.rooms.base import (
     TrackPublished,
     TrackUnpublished,
 )
+from capstan.storage.client import public_base_url
 from capstan.storage.uploader import Uploader
 from capstan.worker.base import Worker, now
 
@@ -165,7 +166,7 @@ class RecordingSession:
 
     def _files(self) -> list[dict[str, Any]]:
         """status.files: what the user keeps, each marked uploaded only once it is stored."""
-        base = self.spec.storage.public_base_url
+        base = public_base_url(self.spec.storage)
         return [f.to_status(self._public_url(base, f.key) if base and f.stored else None) for f in self.ledger.files()]
 
     @staticmethod
@@ -174,7 +175,7 @@ class RecordingSession:
 
     def _record_url(self, key: str) -> str:
         """RecordFile of the result body: under the storage's public base URL, else presigned."""
-        base = self.spec.storage.public_base_url
+        base = public_base_url(self.spec.storage)
         if base:
             return self._public_url(base, key)
         try:

@@ -63,6 +63,13 @@ def settings_from_env(env: Mapping[str, str] = os.environ) -> S3Settings:
     )
 
 
+def public_base_url(storage: Any, env: Mapping[str, str] = os.environ) -> str | None:
+    """Where the stored objects are public: the task's ``storage.publicBaseUrl``, else the operator's
+    (S3_PUBLIC_BASE_URL: set when the task uses the operator's default storage); None: presign."""
+    given = getattr(storage, "public_base_url", None) if storage is not None else None
+    return given or env.get("S3_PUBLIC_BASE_URL") or None
+
+
 def http_pool(
     *, connect_timeout: float = CONNECT_TIMEOUT_SECONDS, read_timeout: float = READ_TIMEOUT_SECONDS,
     retries: int = 0, backoff: float = 0.5,

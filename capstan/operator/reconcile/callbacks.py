@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from capstan.api.common import CallbackStatus, Phase, TaskEvent, prune_events
 from capstan.operator import callbacks as delivery
 from capstan.operator import kube, metrics
+from capstan.operator.defaults import effective_spec
 
 if TYPE_CHECKING:
     from capstan.operator.reconcile.state import OperatorState
@@ -74,7 +75,9 @@ def deliver_pending(state: OperatorState, task: Task) -> CallbackStatus:
 
 def _job(state: OperatorState, task: Task, current: CallbackStatus) -> Any:
     """One delivery pass of the task's due events, run on the dispatcher's loop."""
-    cfg, spec, st, info, ns = state.config, dict(task.spec), dict(task.status), task.info, task.namespace
+    cfg, st, info, ns = state.config, dict(task.status), task.info, task.namespace
+    # With the default storage filled in: a result body may name files by the URLs of that storage.
+    spec = effective_spec(info, task.spec, cfg.defaults, strict=False)
 
     async def job(dispatcher: delivery.Dispatcher) -> tuple[CallbackStatus, list[delivery.Attempt]]:
         async def read_key(name: str, key: str) -> str:

@@ -14,9 +14,10 @@ from capstan.api.common import Phase
 from capstan.net.urlpolicy import redact_userinfo
 from capstan.operator import children, failover, kube, metrics
 from capstan.operator.config import LABEL_ATTEMPT
+from capstan.operator.defaults import TaskConfigError, effective_spec
 from capstan.operator.phases import Action, Decision, PodObservation, PodState
 from capstan.operator.reconcile import finish
-from capstan.operator.worker_env import TaskConfigError, worker_env
+from capstan.operator.worker_env import worker_env
 
 if TYPE_CHECKING:
     from capstan.operator.reconcile.state import OperatorState
@@ -75,7 +76,10 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
     """Start attempt `decision.attempt` (replacing the dead one on failover): status first, Pod after."""
     body = {**task.body, "status": {**view, **decision.status}}
     try:
-        env = worker_env(task.info, body, lambda name, key: kube.read_secret_key(task.namespace, name, key))
+        # The worker gets the spec's values, or the operator's defaults where the task left them out.
+        spec = effective_spec(task.info, task.spec, state.config.defaults)
+        env = worker_env(task.info, {**body, "spec": spec},
+                         lambda name, key: kube.read_secret_key(task.namespace, name, key))
     except TaskConfigError as exc:
         plan.status.update({"phase": Phase.failed.value, "result": {"errorCode": "InvalidParameter",
                                                                      "errorMessage": str(exc)}})
@@ -94,7 +98,7 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
             kube.delete_pod(task.namespace, children.pod_name(task.info, task.name, attempt - 1), grace_seconds=0)
             metrics.FAILOVERS.labels(task.info.plural).inc()
             outcome = failover.remove_dead_identity(
-                task.spec, lambda n, k: kube.read_secret_key(task.namespace, n, k))
+                spec, lambda n, k: kube.read_secret_key(task.namespace, n, k))
             state.post_event(task.body, "Normal", "FailoverIdentity", f"dead attempt's room identity: {outcome}")
         kube.ensure_identity(task.info, body)
         kube.ensure_spool(children.spool_claim(task.info, body, cfg))
