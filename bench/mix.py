@@ -81,21 +81,18 @@ def mix(out: Path, inputs: list[tuple[Path, Path]]) -> None:
                        audio=AudioEncoding(RATE, 1, AUDIO_BITRATE))
     feeds = [Feed(f"a{i}") for i in range(4)]
     windows = grid((OUT_W, OUT_H), feeds)
-    compositor, mixer = Compositor((OUT_W, OUT_H)), AudioMixer(1, tolerance=RATE // 10)
+    compositor, mixer = Compositor((OUT_W, OUT_H), reuse=True), AudioMixer(1, tolerance=RATE // 10)
     converters = [AudioConverter(RATE, "mono") for _ in feeds]
     videos = [v.open("rb") for v, _ in inputs]
     audios = [a.open("rb") for _, a in inputs]
-    picture_bytes = IN_W * IN_H * 3 // 2
     mixer.start(round(T0 * RATE))
     for n in range(SECONDS * FPS):
         moment = T0 + n / FPS
         pictures = {}
         for feed, source in zip(feeds, videos, strict=True):
-            data = source.read(picture_bytes)
-            frame = av.VideoFrame(IN_W, IN_H, "yuv420p")
-            frame.planes[0].update(data[:IN_W * IN_H])
-            frame.planes[1].update(data[IN_W * IN_H:IN_W * IN_H * 5 // 4])
-            frame.planes[2].update(data[IN_W * IN_H * 5 // 4:])
+            frame = av.VideoFrame(IN_W, IN_H, "yuv420p")  # a decoded picture, as a room delivers it
+            for plane in frame.planes:  # read straight into it (one copy, as ffmpeg's rawvideo input)
+                assert plane.line_size == plane.width and source.readinto(memoryview(plane)) == plane.buffer_size
             pictures[feed] = frame
         for i, source in enumerate(audios):  # the 10 ms frames up to this canvas, as a room delivers them
             while (position := source.tell() // 2) < (n + 1) * RATE // FPS:
@@ -106,9 +103,7 @@ def mix(out: Path, inputs: list[tuple[Path, Path]]) -> None:
                 mixer.place(i, round(T0 * RATE) + position, converters[i](sound))
         taken = mixer.take(round(moment * RATE))
         if taken is not None:
-            block = av.AudioFrame.from_ndarray(taken[1], format="fltp", layout="mono")
-            block.sample_rate = RATE
-            writer.write_audio(block, taken[0] / RATE)
+            writer.write_samples(taken[1], taken[0] / RATE)
         writer.write_video(compositor.compose(windows, pictures), moment)
     writer.close()
 

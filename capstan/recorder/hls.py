@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import av
+import numpy as np
 
 from capstan.media.audio import AudioFramer
 from capstan.media.pipeline.encoding import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
@@ -149,6 +150,21 @@ class HlsWriter:
                                                                                       / frame.sample_rate)
         if self._run_samples >= self._run_limit:
             self._frame_run()
+
+    def write_samples(self, samples: np.ndarray, capture_time: float) -> None:
+        """Encode float samples (channels x n, at the encoder's rate and layout) whose first one was
+        captured at ``capture_time``: a mixer's block, framed as it is, without a frame around it."""
+        if self._audio is None or self.closed:
+            raise RuntimeError("this writer has no open audio track")
+        RECEIVED["audio"].inc()
+        ticks = self.clock.ticks(capture_time)
+        if ticks is None:
+            DROPPED["audio"].inc()
+            return
+        self._frame_run()  # frames written before come first
+        for chunk in self._framer.place(self.clock.rescale(ticks, self._convert.sample_rate), samples):
+            for packet in self._audio.encode(chunk):
+                self.sink.mux(packet, "audio")
 
     def _frame_run(self) -> None:
         assert self._audio is not None

@@ -80,7 +80,7 @@ class MixRecordingSession(RecordingSession):
         self.writer = HlsWriter(names, output, video=video, audio=self.audio_encoding if self.audio else None,
                                 on_first_segment=self._on_first_segment)
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="mix")
-        self.compositor = Compositor(size)
+        self.compositor = Compositor(size, reuse=True)  # the encoder copies each canvas
         self.mixer = AudioMixer(self.audio_encoding.channels, tolerance=self.audio_encoding.sample_rate // 10)
         self.pictures: dict[Feed, deque[tuple[float, av.VideoFrame]]] = {}
         self.feedings: dict[str, _Feeding] = {}  # track_id -> its feeding task
@@ -257,9 +257,7 @@ class MixRecordingSession(RecordingSession):
             return
         if sound is not None:
             position, samples = sound
-            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=self.audio_encoding.layout)
-            frame.sample_rate = self.audio_encoding.sample_rate
-            self.writer.write_audio(frame, position / self.audio_encoding.sample_rate)
+            self.writer.write_samples(samples, position / self.audio_encoding.sample_rate)
         if self.video:
             self.writer.write_video(self.compositor.compose(windows, pictures, self.overlays), moment)
             self.canvases += 1

@@ -120,3 +120,48 @@ def test_the_mix_is_clipped(loud: float) -> None:
     for lane in "abc":
         mixer.place(lane, 0, np.full((1, 100), loud, np.float32))
     assert mixer.take(100)[1].max() == 1.0  # type: ignore[index]
+
+
+def test_a_reused_canvas_shows_the_background_where_a_window_went_away_and_nothing_stale() -> None:
+    compositor = Compositor(SIZE, background=(0, 0, 255), reuse=True)
+    feeds = [Feed("a"), Feed("b"), Feed("c"), Feed("d")]
+    pictures = dict(zip(feeds, [solid(RED), solid(GREEN), solid(BLUE), solid(WHITE)], strict=True))
+    for _ in range(Compositor.CANVASES):  # every canvas of the ring painted with four windows
+        full = compositor.compose(grid(SIZE, feeds), pictures)
+        assert close_to(rgb_at(full, 480, 270), WHITE)
+    for _ in range(Compositor.CANVASES):  # d leaves: its quadrant is the background on every canvas again
+        out = compositor.compose(grid(SIZE, feeds[:3]), pictures)
+        assert close_to(rgb_at(out, 480, 270), (0, 0, 255)) and close_to(rgb_at(out, 480, 90), GREEN)
+    out = compositor.compose([Window(Feed("a"), 100, 60, 200, 100)], pictures)  # one small window
+    assert close_to(rgb_at(out, 200, 110), RED)
+    for x, y in ((50, 30), (320, 180), (630, 350), (200, 200)):
+        assert close_to(rgb_at(out, x, y), (0, 0, 255)), (x, y)
+
+
+def test_a_see_through_placeholder_image_shows_the_background_under_it() -> None:
+    image = np.zeros((36, 64, 4), np.uint8)  # fully transparent
+    compositor = Compositor(SIZE, background=(0, 0, 255), reuse=True)
+    compositor.set_placeholder((200, 200, 0), png(image))
+    windows = grid(SIZE, [Feed("a")])
+    for _ in range(Compositor.CANVASES + 1):
+        compositor.compose(windows, {Feed("a"): solid(RED)})
+    out = compositor.compose(windows, {Feed("a"): None})
+    assert close_to(rgb_at(out, 320, 180), (0, 0, 255))
+
+
+def test_the_mixer_keeps_every_sample_of_many_small_blocks_across_spans() -> None:
+    mixer = AudioMixer(1, tolerance=480)
+    mixer.start(0)
+    ramp = np.arange(48000, dtype=np.float32).reshape(1, -1) / 48000
+    got = []
+    for i in range(100):  # 10 ms blocks, a span taken every 3 blocks, 60 ms behind
+        mixer.place("a", i * 480, ramp[:, i * 480:(i + 1) * 480])
+        mixer.place("b", 10_000_000 + i * 480, ramp[:, :480])  # far ahead: held, never heard here
+        if i % 3 == 2 and i * 480 > 2880:
+            taken = mixer.take(i * 480 - 2880)
+            if taken is not None:
+                got.append(taken[1])
+    taken = mixer.take(100 * 480)
+    assert taken is not None
+    got.append(taken[1])
+    assert np.array_equal(np.concatenate(got, axis=1), ramp[:, :100 * 480])

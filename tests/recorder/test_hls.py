@@ -84,6 +84,19 @@ def test_mixed_stream_names_and_both_tracks(tmp_path: Path) -> None:
     assert sum(e.duration for e in _playlist(writer).entries) == pytest.approx(4.0, abs=0.1)
 
 
+def test_mixed_samples_written_as_blocks_are_encoded_where_they_belong(tmp_path: Path) -> None:
+    writer = HlsWriter(StreamNames.mixed(SDKAPPID, ROOM), HlsOutput(tmp_path, segment_seconds=2), audio=AUDIO)
+    tone = (0.3 * np.sin(2 * np.pi * 660 * np.arange(48000 * 3) / 48000)).astype(np.float32).reshape(1, -1)
+    for i in range(0, tone.shape[1], 3200):  # a mixer's span per canvas at 15 fps
+        writer.write_samples(tone[:, i:i + 3200], T0 + i / 48000)
+    writer.write_samples(tone[:, :48000], T0 + 5)  # after a 2 s hole: a new run, a hole in the timestamps
+    segments = writer.close()
+    assert [dominant_hz(Path(s.local_path or "")) for s in segments] == pytest.approx([660] * len(segments), abs=5)
+    assert sum(e.duration for e in _playlist(writer).entries) == pytest.approx(4.0, abs=0.1)
+    # the new run's first packet is its encoder's priming frame, 1024 samples before its first sample
+    assert naming.parse_name(segments[-1].name).start == datetime(2024, 5, 1, 10, 0, 4, 978000, tzinfo=UTC)
+
+
 def test_segments_durations_content_and_totals_per_user(tmp_path: Path) -> None:
     for user, (color, hz) in USERS.items():
         video, audio = _video_writer(tmp_path, user), _audio_writer(tmp_path, user)

@@ -5,14 +5,19 @@ The compositor works on yuv420p, the encoder's pixel format: each anchor's pictu
 swscale (one reusable :class:`~av.video.reformatter.VideoReformatter` per window) straight to its
 window's size, then its three planes are pasted into the canvas's planes with numpy slicing; no
 Python loop runs over pixels. A picture that did not change since the last canvas is not scaled
-again. Render modes: ``crop`` (fill the window, cut the overflow evenly), ``fit`` (the whole
-picture, black bars), ``stretch``. A window whose anchor has no picture (audio only, or no frame
-yet) shows the placeholder: a colour or an image. Watermarks are blended with their alpha.
+again; the background is copied only where no window covers the canvas (nowhere in a full grid),
+and a compositor made with ``reuse=True`` paints into a few canvases it keeps instead of a new one
+per picture (for an encoder that copies its input, as libx264 does). Render modes: ``crop``
+(fill the window, cut the overflow evenly), ``fit`` (the whole picture, black bars), ``stretch``.
+A window whose anchor has no picture (audio only, or no frame yet) shows the placeholder: a
+colour or an image. Watermarks are blended with their alpha.
 
 The mixer places every anchor's samples on one sample clock (positions from capture times;
 a block not later than ``tolerance`` samples after its anchor's last one continues it, so jitter
 never drops or doubles a sample; a run that starts before the span already mixed is moved to
-the mix's cursor rather than lost) and sums what falls in each span it is asked for.
+the mix's cursor rather than lost) and sums what falls in each span it is asked for. Each anchor
+has one buffer its 10 ms blocks are copied into, so a span is one numpy addition per anchor,
+however many blocks it was delivered in.
 """
 
 from __future__ import annotations
@@ -151,15 +156,26 @@ class _Tile:
 
 
 class Compositor:
-    """Pictures of many feeds → one yuv420p canvas per call, as the windows say."""
+    """Pictures of many feeds → one yuv420p canvas per call, as the windows say.
 
-    def __init__(self, size: tuple[int, int], *, background: tuple[int, int, int] = (0, 0, 0)) -> None:
+    ``reuse``: the canvases are a ring of :data:`CANVASES` frames painted over and over, so a canvas
+    returned is valid until that many more calls (hand it to an encoder that copies it, or copy it).
+    """
+
+    CANVASES = 3
+
+    def __init__(self, size: tuple[int, int], *, background: tuple[int, int, int] = (0, 0, 0),
+                 reuse: bool = False) -> None:
         self.size = size
         self.background = Picture.solid(size, background)
         self.placeholder_colour = rgb_to_yuv((0, 0, 0))
         self.placeholder_image: bytes | None = None
         self._placeholders: dict[tuple[int, int], Picture] = {}
         self._tiles: dict[Window, _Tile] = {}
+        self._reuse = reuse
+        self._canvases: list[tuple[av.VideoFrame, Planes]] = []
+        self._next_canvas = 0
+        self._uncovered: tuple[tuple[object, ...], tuple[int, int, int, int] | None] | None = None
         self.scaled = 0  # pictures scaled so far (a picture shown unchanged is not scaled again)
 
     def set_background(self, colour: tuple[int, int, int], image: Picture | None = None) -> None:
@@ -172,11 +188,13 @@ class Compositor:
     def compose(self, windows: Sequence[Window], pictures: Mapping[Feed, av.VideoFrame | None],
                 overlays: Iterable[Overlay] = ()) -> av.VideoFrame:
         """One canvas: the background, each window in order (lowest z first), then the overlays."""
-        w, h = self.size
-        out = av.VideoFrame(w, h, "yuv420p")
-        canvas = frame_planes(out)
-        for dst, src in zip(canvas, self.background.planes, strict=True):
-            dst[...] = src
+        out, canvas = self._canvas()
+        uncovered = self._background_box(windows, pictures)
+        if uncovered is not None:
+            x0, y0, x1, y1 = uncovered
+            for i, (dst, src) in enumerate(zip(canvas, self.background.planes, strict=True)):
+                s = 1 if i == 0 else 2
+                dst[y0 // s:y1 // s, x0 // s:x1 // s] = src[y0 // s:y1 // s, x0 // s:x1 // s]
         used = set()
         for window in windows:
             used.add(window)
@@ -193,11 +211,50 @@ class Compositor:
             if window.render_mode == "fit" and tile.planes[0].shape != (window.height, window.width):
                 fill(canvas, window.left, window.top, window.width, window.height, (BLACK_Y, BLACK_UV, BLACK_UV))
             paste(canvas, tile.planes, window.left + tile.offset[0], window.top + tile.offset[1])
-        for stale in set(self._tiles) - used:
-            del self._tiles[stale]
+        if len(self._tiles) > len(used):
+            for stale in set(self._tiles) - used:
+                del self._tiles[stale]
         for overlay in overlays:
             paste(canvas, overlay.picture.planes, overlay.left, overlay.top, overlay.picture.alpha)
         return out
+
+    def _canvas(self) -> tuple[av.VideoFrame, Planes]:
+        w, h = self.size
+        if not self._reuse:
+            out = av.VideoFrame(w, h, "yuv420p")
+            return out, frame_planes(out)
+        if len(self._canvases) < self.CANVASES:
+            out = av.VideoFrame(w, h, "yuv420p")
+            self._canvases.append((out, frame_planes(out)))
+        chosen = self._canvases[self._next_canvas % len(self._canvases)]
+        self._next_canvas += 1
+        return chosen
+
+    def _background_box(self, windows: Sequence[Window],
+                        pictures: Mapping[Feed, av.VideoFrame | None]) -> tuple[int, int, int, int] | None:
+        """The smallest box (x0, y0, x1, y1) holding every canvas pixel no window paints over, or None
+        when the windows cover the canvas. A window paints all of its (clipped) box -- a picture
+        cropped or stretched to it, fitted on black, or the placeholder colour -- except a placeholder
+        image, which may be transparent. Worked out again only when the windows change."""
+        see_through = self.placeholder_image is not None
+        key = (tuple(windows), see_through and tuple(pictures.get(w.feed) is None for w in windows))
+        if self._uncovered is not None and self._uncovered[0] == key:
+            return self._uncovered[1]
+        w, h = self.size
+        covered = np.zeros((h, w), bool)
+        for window in windows:
+            if see_through and pictures.get(window.feed) is None:
+                continue
+            covered[max(0, window.top):max(0, window.bottom), max(0, window.left):max(0, window.right)] = True
+        box: tuple[int, int, int, int] | None = None
+        if not covered.all():
+            rows = np.flatnonzero(~covered.all(axis=1))
+            cols = np.flatnonzero(~covered.all(axis=0))
+            y0, y1 = int(rows[0]) // 2 * 2, min(h, -(-(int(rows[-1]) + 1) // 2) * 2)
+            x0, x1 = int(cols[0]) // 2 * 2, min(w, -(-(int(cols[-1]) + 1) // 2) * 2)
+            box = (x0, y0, x1, y1)
+        self._uncovered = (key, box)
+        return box
 
     def _scale(self, tile: _Tile, window: Window, picture: av.VideoFrame) -> None:
         self.scaled += 1
@@ -238,9 +295,48 @@ class Compositor:
             fill(canvas, window.left, window.top, window.width, window.height, self.placeholder_colour)
 
 
+class _Run:
+    """Contiguous samples of one anchor from ``start``: ``buffer[:, head:head + length]``; blocks that
+    continue it are copied in after them (the buffer grows by doubling, the consumed front is reused)."""
+
+    __slots__ = ("buffer", "head", "length", "start")
+
+    def __init__(self, start: int, samples: np.ndarray) -> None:
+        self.start, self.head, self.length = start, 0, 0
+        self.buffer = np.empty((samples.shape[0], max(8192, 2 * samples.shape[1])), np.float32)
+        self.append(samples)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.length
+
+    def append(self, samples: np.ndarray) -> None:
+        n = samples.shape[1]
+        if self.head + self.length + n > self.buffer.shape[1]:
+            live = self.buffer[:, self.head:self.head + self.length]
+            if self.length + n > self.buffer.shape[1] // 2:
+                grown = np.empty((self.buffer.shape[0], 2 * (self.length + n)), np.float32)
+                grown[:, :self.length] = live
+                self.buffer = grown
+            else:
+                self.buffer[:, :self.length] = live
+            self.head = 0
+        at = self.head + self.length
+        self.buffer[:, at:at + n] = samples
+        self.length += n
+
+    def view(self, a: int, b: int) -> np.ndarray:
+        return self.buffer[:, self.head + a - self.start:self.head + b - self.start]
+
+    def drop_before(self, position: int) -> None:
+        cut = min(self.length, position - self.start)
+        if cut > 0:
+            self.start, self.head, self.length = self.start + cut, self.head + cut, self.length - cut
+
+
 @dataclass
 class _Lane:
-    blocks: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    runs: list[_Run] = field(default_factory=list)
     end: int | None = None  # position after its last sample
 
 
@@ -262,14 +358,19 @@ class AudioMixer:
         n = samples.shape[1]
         if n == 0:
             return
-        state = self._lanes.setdefault(lane, _Lane())
+        state = self._lanes.get(lane)
+        if state is None:
+            state = self._lanes[lane] = _Lane()
         if state.end is not None and position <= state.end + self.tolerance:
             position = state.end  # the run continues: sample-exact, whatever the jitter (never a sample lost)
         elif self.cursor is not None and position < self.cursor:
             self.late_samples += self.cursor - position  # a run that starts late is heard from now on
             position = self.cursor
-        state.blocks.append((position, samples))
-        state.end = position + samples.shape[1]
+        if state.runs and state.runs[-1].end == position:
+            state.runs[-1].append(samples)
+        else:
+            state.runs.append(_Run(position, samples))
+        state.end = position + n
 
     def remove(self, lane: object) -> None:
         self._lanes.pop(lane, None)
@@ -281,15 +382,13 @@ class AudioMixer:
         start, count = self.cursor, until - self.cursor
         out = np.zeros((self.channels, count), np.float32)
         for state in self._lanes.values():
-            kept = []
-            for position, samples in state.blocks:
-                end = position + samples.shape[1]
-                a, b = max(position, start), min(end, until)
+            for run in state.runs:
+                a, b = max(run.start, start), min(run.end, until)
                 if b > a:
-                    out[:, a - start:b - start] += samples[:, a - position:b - position]
-                if end > until:
-                    kept.append((position, samples) if position >= until else (until, samples[:, until - position:]))
-            state.blocks = kept
+                    out[:, a - start:b - start] += run.view(a, b)
+                run.drop_before(until)
+            if state.runs and state.runs[0].length == 0:
+                state.runs = [run for run in state.runs if run.length]
         np.clip(out, -1.0, 1.0, out=out)
         self.cursor = until
         return start, out
