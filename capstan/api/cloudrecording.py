@@ -125,6 +125,15 @@ class MixLayoutSpec(CamelModel):
                                   description="Canvas colour as #RRGGBB.")
     background_image_url: str | None = Field(None, alias="backgroundImageUrl", pattern=r"^https?://\S+$",
                                              description="Canvas background image URL.")
+    placeholder_color: str = Field(
+        "#000000", alias="placeholderColor", pattern=r"^#[0-9A-Fa-f]{6}$",
+        description="Colour (#RRGGBB) of the window of an anchor that shows no picture: one that publishes "
+                    "audio only, or whose first picture has not arrived yet.")
+    placeholder_image_url: str | None = Field(
+        None, alias="placeholderImageUrl", pattern=r"^https?://\S+$",
+        description="Image (PNG or JPEG) shown instead of placeholderColor in the window of an anchor that "
+                    "shows no picture, cropped to the window. Fetched under the URL policy; one that cannot "
+                    "be fetched gives event 309 and the colour is shown.")
 
     model_config = ConfigDict(json_schema_extra=validations(
         cel("self.mode != 'custom' || size(self.regions) > 0",

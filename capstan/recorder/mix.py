@@ -87,6 +87,7 @@ class MixRecordingSession(RecordingSession):
         self.windows: list[Window] = []
         self.overlays: list[Overlay] = []
         self._images: dict[tuple[str, int, int, bool], Picture | None] = {}  # (url, w, h, crop) -> picture
+        self._fetched: dict[str, bytes] = {}  # url -> the image fetched from it
         self._looks: tuple[Any, ...] | None = None
         self._mixing: asyncio.Task[None] | None = None
         self.policy = UrlPolicy.from_env()
@@ -154,22 +155,33 @@ class MixRecordingSession(RecordingSession):
         layout = self.spec.mix_layout
         colour = parse_colour(layout.background_color if layout is not None else "#000000")
         background_url = layout.background_image_url if layout is not None else None
+        placeholder = parse_colour(layout.placeholder_color if layout is not None else "#000000")
+        placeholder_url = layout.placeholder_image_url if layout is not None else None
         marks = tuple((m.url, m.left, m.top, m.width, m.height) for m in self.spec.watermarks)
-        looks = (colour, background_url, marks)
+        looks = (colour, background_url, placeholder, placeholder_url, marks)
         if looks == self._looks:
             return
         self._looks = looks
         background = self._image(background_url, self.size, crop=True) if background_url else None
+        placeholder_image = self._image_data(placeholder_url) if placeholder_url else None
         overlays = []
         for url, left, top, width, height in marks:
             picture = self._image(url, (width, height), crop=False)
             if picture is not None:
                 overlays.append(Overlay(picture, left - left % 2, top - top % 2))
-        self.executor.submit(self._set_looks, colour, background, overlays)  # between two canvases
+        self.executor.submit(self._set_looks, colour, background, placeholder, placeholder_image,
+                             overlays)  # between two canvases
 
-    def _set_looks(self, colour: tuple[int, int, int], background: Picture | None, overlays: list[Overlay]) -> None:
+    def _set_looks(self, colour: tuple[int, int, int], background: Picture | None, placeholder: tuple[int, int, int],
+                   placeholder_image: bytes | None, overlays: list[Overlay]) -> None:
         self.compositor.set_background(colour, background)
+        if (placeholder, placeholder_image) != (self.compositor.placeholder_rgb, self.compositor.placeholder_image):
+            self.compositor.set_placeholder(placeholder, placeholder_image)
         self.overlays = overlays
+
+    def _image_data(self, url: str) -> bytes | None:
+        """An image's bytes, checked to decode (the placeholder: the compositor scales it to each window)."""
+        return self._fetched.get(url) if self._image(url, (16, 16), crop=True) is not None else None
 
     def _image(self, url: str, size: tuple[int, int], *, crop: bool) -> Picture | None:
         key = (url, size[0], size[1], crop)
@@ -180,6 +192,7 @@ class MixRecordingSession(RecordingSession):
             data = fetch.get(url, policy=self.policy, use=Use.image, timeout=IMAGE_TIMEOUT_SECONDS,
                              max_bytes=IMAGE_MAX_BYTES)
             picture = Picture.from_image(data, size, crop=crop)
+            self._fetched[url] = data
         except Exception as exc:  # noqa: BLE001 - refused, unreachable or not an image: 309, go on without it
             log.warning("image %s not used: %s", url, exc)
             self.emit(DOWNLOAD_IMAGE_ERROR, {"Url": url})

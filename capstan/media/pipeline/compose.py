@@ -168,7 +168,8 @@ class Compositor:
                  reuse: bool = False) -> None:
         self.size = size
         self.background = Picture.solid(size, background)
-        self.placeholder_colour = rgb_to_yuv((0, 0, 0))
+        self.placeholder_rgb = (0, 0, 0)
+        self.placeholder_colour = rgb_to_yuv(self.placeholder_rgb)
         self.placeholder_image: bytes | None = None
         self._placeholders: dict[tuple[int, int], Picture] = {}
         self._tiles: dict[Window, _Tile] = {}
@@ -182,7 +183,7 @@ class Compositor:
         self.background = image if image is not None and image.size == self.size else Picture.solid(self.size, colour)
 
     def set_placeholder(self, colour: tuple[int, int, int], image: bytes | None = None) -> None:
-        self.placeholder_colour, self.placeholder_image = rgb_to_yuv(colour), image
+        self.placeholder_rgb, self.placeholder_colour, self.placeholder_image = colour, rgb_to_yuv(colour), image
         self._placeholders.clear()
 
     def compose(self, windows: Sequence[Window], pictures: Mapping[Feed, av.VideoFrame | None],
