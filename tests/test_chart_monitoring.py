@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
+from capstan.operator.defaults import TaskDefaults
 from devstack.stack import binaries
 from tests.capstan_metrics import exported_names
 from tests.operator.chart_rbac import CHART, KUBE_VERSION
@@ -153,6 +154,10 @@ NON_DEFAULT = {
     "urlPolicy": {"allowHosts": [".svc.cluster.local"]},
     "callbacks": {"timeoutSeconds": 3, "giveUpSeconds": 300},
     "workerImage": "registry.local/capstan-worker:1",
+    "defaults": {"room": {"backend": "janus", "url": "ws://janus.rooms.svc:8188", "credentialsSecret": "janus-shared"},
+                 "storage": {"endpoint": "minio.storage:9000", "bucket": "recordings", "region": "eu-west-1",
+                             "secure": False, "credentialsSecret": "s3-shared",
+                             "publicBaseUrl": "https://cdn.example/recordings"}},
 }
 
 
@@ -183,6 +188,9 @@ def test_default_render_runs_two_operators_with_distinct_priorities(tmp_path):
         assert spec["containers"][0]["securityContext"]["readOnlyRootFilesystem"]
         assert env_of(d)["CAPSTAN_WORKER_METRICS_PORT"] == "9090"
         assert "CAPSTAN_METRICS_ADDR" not in env_of(d)
+        env = env_of(d)  # no default room server or storage: tasks must name theirs
+        assert (env["CAPSTAN_DEFAULT_ROOM_BACKEND"], env["CAPSTAN_DEFAULT_ROOM_URL"]) == ("livekit", "")
+        assert (env["CAPSTAN_DEFAULT_STORAGE_ENDPOINT"], env["CAPSTAN_DEFAULT_STORAGE_SECURE"]) == ("", "true")
     (dashboard,) = of_kind(docs, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["capstan.json"]) == json.loads(DASHBOARD.read_text())
@@ -207,6 +215,17 @@ def test_non_default_render(tmp_path):
     assert env["CAPSTAN_URL_ALLOW_HOSTS"] == ".svc.cluster.local"
     assert env["CAPSTAN_WORKER_IMAGE"] == "registry.local/capstan-worker:1"
     assert "CAPSTAN_WORKER_IMAGE_RECORDER" not in env
+    for deployment in deployments.values():  # main and standby apply the same defaults
+        env = env_of(deployment)
+        assert {k: v for k, v in env.items() if k.startswith("CAPSTAN_DEFAULT_")} == {
+            "CAPSTAN_DEFAULT_ROOM_BACKEND": "janus", "CAPSTAN_DEFAULT_ROOM_URL": "ws://janus.rooms.svc:8188",
+            "CAPSTAN_DEFAULT_ROOM_SECRET": "janus-shared", "CAPSTAN_DEFAULT_STORAGE_ENDPOINT": "minio.storage:9000",
+            "CAPSTAN_DEFAULT_STORAGE_BUCKET": "recordings", "CAPSTAN_DEFAULT_STORAGE_REGION": "eu-west-1",
+            "CAPSTAN_DEFAULT_STORAGE_SECURE": "false", "CAPSTAN_DEFAULT_STORAGE_SECRET": "s3-shared",
+            "CAPSTAN_DEFAULT_STORAGE_PUBLIC_BASE_URL": "https://cdn.example/recordings"}
+        # what the chart renders is what the operator accepts
+        defaults = TaskDefaults.from_env(env)
+        assert defaults.room.backend == "janus" and not defaults.storage.secure
 
     (pod_monitor,) = of_kind(docs, "PodMonitor")
     assert pod_monitor["metadata"]["labels"]["release"] == "kps"
@@ -240,6 +259,20 @@ def test_non_default_render(tmp_path):
      "operator.standby.priority must be lower"),
 ])
 def test_values_that_would_freeze_the_operators_are_refused(values, message, tmp_path):
+    values_file = tmp_path / "values.yaml"
+    values_file.write_text(yaml.safe_dump(values))
+    done = helm("template", "x", str(CHART), "-f", str(values_file), "--kube-version", KUBE_VERSION, check=False)
+    assert done.returncode != 0 and message in done.stderr
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"defaults": {"room": {"url": "ws://livekit:7880"}}},
+     "defaults.room.url and defaults.room.credentialsSecret are given together"),
+    ({"defaults": {"storage": {"endpoint": "minio:9000", "credentialsSecret": "s3"}}},
+     "defaults.storage.endpoint, .bucket and .credentialsSecret are given together"),
+])
+def test_half_given_defaults_are_refused(values, message, tmp_path):
+    """The operator would refuse them at start (TaskDefaults.from_env): helm says so first."""
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
     done = helm("template", "x", str(CHART), "-f", str(values_file), "--kube-version", KUBE_VERSION, check=False)
