@@ -1,7 +1,8 @@
 """Reading a source into paced items: the pusher's part between the demuxer and the room.
 
 A reader thread demuxes (PyAV blocks), and for each packet makes what the room takes: an Annex B
-H.264 access unit (pass-through) or a decoded picture (re-encode), and 20 ms s16 audio frames. Each
+H.264 access unit (pass-through) or a decoded picture (re-encode), and s16 audio blocks of the
+size the publisher asks for (20 ms by default; LiveKit takes 100 ms: fewer captures). Each
 item carries the wall-clock time it is due, from one clock per *run* (a stretch of continuous
 source time: the start, each loop of a file, each reconnection of a live stream), so audio and
 video of a run stay together whatever the demuxer's interleaving. The senders (async, one per
@@ -29,7 +30,7 @@ log = logging.getLogger("capstan.pusher")
 AHEAD_SECONDS = 0.5
 RUN_GAP_SECONDS = 0.05  # a new run starts this long after the last item of the one before
 AUDIO_RATE = 48000
-AUDIO_FRAME = 960  # 20 ms, what Opus sends
+AUDIO_FRAME = 960  # 20 ms, what Opus sends: the default audio block
 HOLD_AUDIO_SECONDS = 3.0  # audio read before a run's first picture waits at most this long
 
 
@@ -68,12 +69,12 @@ class Reader:
     """Demuxes ``container`` into items for ``put``; runs in its own thread until :meth:`halt`."""
 
     def __init__(self, container: Any, info: SourceInfo, *, pass_through: bool, live: bool, loop: bool,
-                 start: float, reopen: Opener, reconnect_seconds: float,
+                 start: float, reopen: Opener, reconnect_seconds: float, audio_frame: int = AUDIO_FRAME,
                  on_note: Callable[[str], None] = lambda _m: None) -> None:
         self.container, self.info = container, info
         self.pass_through, self.live, self.loop = pass_through, live, loop
         self.start, self.reopen, self.reconnect_seconds = start, reopen, reconnect_seconds
-        self.on_note = on_note
+        self.on_note, self.audio_frame = on_note, audio_frame
         self.halted = threading.Event()
         self.last_due = 0.0
         self.live_base = 0.0  # seconds pushed in earlier live runs
@@ -154,7 +155,8 @@ class Reader:
         resampler = None
         if audio is not None:
             layout = "mono" if self.info.audio_channels == 1 else "stereo"
-            resampler = av.AudioResampler(format="s16", layout=layout, rate=AUDIO_RATE, frame_size=AUDIO_FRAME)
+            resampler = av.AudioResampler(format="s16", layout=layout, rate=AUDIO_RATE,
+                                        frame_size=self.audio_frame)
         clock: RunClock | None = None
         held: list[tuple[float, Any]] = []  # audio before the run's first picture
         audio_t: float | None = None  # source time of the next resampled sample

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from capstan.net.urlpolicy import Resolver, UrlPolicy
 from capstan.operator.phases import EXIT_TASK_REFUSED
 from capstan.pusher import progress as progressing
 from capstan.pusher.progress import ProgressRecord, RedisProgress, StartPlan
-from capstan.pusher.pump import AUDIO_RATE, Ended, Item, Reader
+from capstan.pusher.pump import AUDIO_FRAME, AUDIO_RATE, Ended, Item, Reader
 from capstan.pusher.source import SourceError, SourceInfo, describe, open_container, probe
 from capstan.rooms.base import AudioOutput, Publisher, RoomBackend, VideoOutput
 from capstan.worker import metrics
@@ -39,6 +40,7 @@ PROGRESS_SECONDS = float(os.environ.get("CAPSTAN_PUSH_PROGRESS_SECONDS", "1"))
 JOIN_TIMEOUT = 45.0
 # Bench and tests: decode and re-encode even where pass-through would do.
 FORCE_REENCODE = os.environ.get("CAPSTAN_PUSH_REENCODE") == "1"
+FEEDBACK_SECONDS = 0.2  # how often the paced video thread asks the publisher for keyframe requests
 
 
 @dataclass
@@ -124,8 +126,21 @@ class PushSession:
         loop = asyncio.get_running_loop()
         queues: dict[str, asyncio.Queue[Item | Ended]] = {"video": asyncio.Queue(), "audio": asyncio.Queue()}
         ended: asyncio.Future[Ended] = loop.create_future()
+        # A video output that may be written from any (single) thread gets its own pacing thread:
+        # the reader hands it the pictures directly and it sleeps to each one's due time, so the
+        # event loop never wakes for a picture (LiveKit: a synchronous FFI call per picture).
+        direct: queue.SimpleQueue[Item | Ended] | None = (
+            queue.SimpleQueue() if video is not None and getattr(video, "thread_safe", False) else None)
+        halted = threading.Event()
 
         def put(item: Item | Ended) -> None:
+            if direct is not None and (isinstance(item, Ended) or item.kind == "video"):
+                if isinstance(item, Item):
+                    metrics.RECEIVED[item.kind].inc()
+                direct.put(item)
+                if isinstance(item, Item):
+                    return
+
             def deliver() -> None:
                 if isinstance(item, Ended):
                     if not ended.done():
@@ -140,10 +155,29 @@ class PushSession:
         reader = Reader(container, info, pass_through=pass_through, live=self.live, loop=self.spec.loop,
                         start=plan.position, reopen=self._open,
                         reconnect_seconds=float(self.spec.live_reconnect_seconds),
+                        audio_frame=getattr(audio, "frame_samples", AUDIO_FRAME),
                         on_note=lambda m: self.worker.report(message=m))
         thread = threading.Thread(target=reader.run, args=(put,), name="push-reader", daemon=True)
         thread.start()
-        senders = [asyncio.create_task(self._send_video(queues["video"], video, pass_through))] if video else []
+        senders: list[asyncio.Future[Any]] = []
+        video_thread: threading.Thread | None = None
+        if video is not None and direct is not None:
+            video_done: asyncio.Future[None] = loop.create_future()
+
+            def video_ended() -> None:
+                if not video_done.done():
+                    video_done.set_result(None)
+
+            def send_video() -> None:
+                try:
+                    self._send_video_paced(direct, video, pass_through, halted)
+                finally:
+                    loop.call_soon_threadsafe(video_ended)
+            video_thread = threading.Thread(target=send_video, name="push-video", daemon=True)
+            video_thread.start()
+            senders.append(video_done)
+        elif video is not None:
+            senders.append(asyncio.create_task(self._send_video(queues["video"], video, pass_through)))
         if audio is not None:
             senders.append(asyncio.create_task(self._send_audio(queues["audio"], audio, video is None)))
         what = (f"{'pass-through H.264' if pass_through else 're-encoded video'} {info.size[0]}x{info.size[1]}"
@@ -156,10 +190,13 @@ class PushSession:
             done, _ = await asyncio.wait([stopper, sending], return_when=asyncio.FIRST_COMPLETED)
         finally:
             reader.halt()
+            halted.set()
             for task in (*senders, saver, stopper):
                 task.cancel()
             await asyncio.gather(*senders, saver, stopper, return_exceptions=True)
             await asyncio.to_thread(thread.join, 15)
+            if video_thread is not None:
+                await asyncio.to_thread(video_thread.join, 5)
         if stopper in done:
             return Outcome(PushStopStatus.stopped, self.worker.stop_reason or "stopped")
         end = ended.result() if ended.done() else Ended("the push ended without its source ending")
@@ -177,6 +214,33 @@ class PushSession:
                 out.write_encoded(item.payload, keyframe=item.keyframe, time=item.due)
                 if out.keyframe_requested():
                     self.keyframe_requests += 1  # answered by the source's next keyframe
+            else:
+                out.write(item.payload, item.due)
+            self.position = item.position
+            _sent("video", item, position=True)
+
+    def _send_video_paced(self, items: queue.SimpleQueue[Item | Ended], out: VideoOutput, encoded: bool,
+                          halted: threading.Event) -> None:
+        """The video sender on its own thread (outputs with ``thread_safe``): waits for each picture's
+        due time with one sleep, writes it, and asks for keyframe requests a few times a second
+        (they are answered by the source's next keyframe whenever they came)."""
+        next_feedback = 0.0
+        while not halted.is_set():
+            try:
+                item = items.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if isinstance(item, Ended):
+                return
+            wait = item.due - time.time()
+            if wait > 0 and halted.wait(wait):
+                return
+            if encoded:
+                out.write_encoded(item.payload, keyframe=item.keyframe, time=item.due)
+                if item.due >= next_feedback:
+                    next_feedback = item.due + FEEDBACK_SECONDS
+                    if out.keyframe_requested():
+                        self.keyframe_requests += 1
             else:
                 out.write(item.payload, item.due)
             self.position = item.position

@@ -336,6 +336,10 @@ class LiveKitConnection:
 
 
 class _VideoOutput:
+    # capture_frame (raw and encoded) is one synchronous FFI request: a caller may write from a
+    # thread of its own (one at a time), off the event loop.
+    thread_safe = True
+
     def __init__(self, source: Any, track: Any, width: int, height: int, encoded: bool) -> None:
         self.source, self.track, self.encoded = source, track, encoded
         self.width, self.height = width, height
@@ -364,9 +368,13 @@ class _AudioOutput:
     # AudioSource sends from its queue (queue_size_ms); measured at a subscriber: sound written
     # at the same moment as a picture arrives ≈ 0.25 s after it with the 200 ms queue.
     latency = AUDIO_QUEUE_MS / 1000 + 0.05
+    # Samples per write a caller should use: each capture is an FFI request whose completion comes
+    # back as an event through Python, so 100 ms blocks (the source takes any multiple of 10 ms
+    # up to AUDIO_QUEUE_MS) cost a fifth of what 20 ms frames do.
 
     def __init__(self, source: Any, track: Any) -> None:
         self.source, self.track = source, track
+        self.frame_samples: int = source.sample_rate // 10
         self.sid: str | None = None
 
     async def write(self, frame: av.AudioFrame) -> None:
