@@ -108,7 +108,9 @@ def refresh_places(state: OperatorState, info: KindInfo, kind: KindState,
             mem.shown_place = shown_place((mem.body.get("status") or {}).get("message") or "")
         if not place_worth_showing(mem.shown_place, place):
             continue
-        with mem.lock:
+        if not mem.lock.acquire(blocking=False):
+            continue  # in a pass now; the next refresh shows its place
+        try:
             meta = mem.body["metadata"]
             try:  # only the operator writes a queued task's message: no precondition needed
                 mem.body = kube.patch_task_status(info, meta["namespace"], meta["name"],
@@ -118,3 +120,5 @@ def refresh_places(state: OperatorState, info: KindInfo, kind: KindState,
                 continue
             mem.written_rv = resource_version(mem.body)
             mem.shown_place = place
+        finally:
+            mem.lock.release()

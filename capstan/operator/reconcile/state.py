@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ from capstan.operator.admission import Quota
 from capstan.operator.callbacks import Dispatcher
 from capstan.operator.config import OperatorConfig
 
+ADMISSION_THREADS = 16
 # (body, type Normal|Warning, reason, message): a Kubernetes Event about the task.
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
@@ -40,6 +42,7 @@ class TaskMemory:
 
     uid: str
     lock: threading.RLock = field(default_factory=threading.RLock)
+    pass_requested: bool = False  # another reconcile pass was asked for while one ran (task.reconcile)
     written_rv: int = 0  # resourceVersion after this process's last write of the task
     body: dict[str, Any] | None = None  # the newest view: from the watch or from a write
     created_attempt: int = 0  # the attempt whose Pod this process created (the Pod watch may lag)
@@ -102,6 +105,9 @@ class OperatorState:
     post_event: EventPoster
     kinds: dict[str, KindState] = field(default_factory=dict)
     callbacks: Dispatcher = field(default_factory=Dispatcher)  # deliveries, off kopf's handler threads
+    # Admission rounds start the queue's head in parallel (reconcile.task.admit_waiting).
+    admission_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(ADMISSION_THREADS, thread_name_prefix="admit"))
 
     @classmethod
     def create(cls, config: OperatorConfig, post_event: EventPoster) -> OperatorState:

@@ -8,6 +8,8 @@ acts (creates the Pod, posts Events). So a pass on a stale view writes nothing a
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import datetime as dt
 import logging
 import re
@@ -124,27 +126,46 @@ class Plan:
 
 def reconcile(state: OperatorState, info: KindInfo, body: dict[str, Any], pods: PodLookup,
               entries: Callable[[], Iterable[QueueEntry]]) -> bool:
-    """Bring one task a step further; True when it freed a place in the quota."""
+    """Bring one task a step further; True when it freed a place in the quota.
+
+    Single-flight per task: a handler thread that finds another one in this task's pass leaves
+    its view and a request for one more pass, and returns at once. Blocking there instead let a
+    burst of events park every kopf handler thread on a few tasks' locks while the others waited
+    in the executor's queue (issue 11: create → Pod tens of seconds with the CPU idle)."""
     meta = body["metadata"]
     kind = state.kinds[info.plural]
     mem = kind.memory(meta["namespace"], meta["name"], meta["uid"])
-    with mem.lock:
-        mem.see(body)
-        if mem.body is None or mem.is_stale(mem.body):
-            return False  # the watch has not brought our own last write yet; its event will
-        task = Task(info, mem.body, mem)
-        for _ in range(MAX_PASSES):
-            try:
-                return _pass(state, kind, task, pods, entries)
-            except Stale:
-                if not task.refresh():
-                    return False
-            except Exception:
-                metrics.RECONCILE_ERRORS.labels(info.plural).inc()
-                raise
-        log.info("%s/%s changed under %d passes in a row; the next event decides", task.namespace, task.name,
-                  MAX_PASSES)
-        return False
+    mem.see(body)
+    mem.pass_requested = True
+    freed = False
+    while mem.pass_requested:  # read after the release: a request left meanwhile is never lost
+        if not mem.lock.acquire(blocking=False):
+            return freed
+        try:
+            mem.pass_requested = False
+            freed = _passes(state, info, kind, mem, pods, entries) or freed
+        finally:
+            mem.lock.release()
+    return freed
+
+
+def _passes(state: OperatorState, info: KindInfo, kind: KindState, mem: TaskMemory, pods: PodLookup,
+            entries: Callable[[], Iterable[QueueEntry]]) -> bool:
+    if mem.body is None or mem.is_stale(mem.body):
+        return False  # the watch has not brought our own last write yet; its event will
+    task = Task(info, mem.body, mem)
+    for _ in range(MAX_PASSES):
+        try:
+            return _pass(state, kind, task, pods, entries)
+        except Stale:
+            if not task.refresh():
+                return False
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(info.plural).inc()
+            raise
+    log.info("%s/%s changed under %d passes in a row; the next event decides", task.namespace, task.name,
+             MAX_PASSES)
+    return False
 
 
 def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
@@ -240,19 +261,20 @@ def _admit_rounds(state: OperatorState, info: KindInfo, kind: KindState, pods: P
         candidates = [m for e in waiting[:free] if (m := kind.by_uid.get(e.uid)) and m.body is not None]
         if not candidates:
             break
+        # In parallel: each admission is a handful of API calls (status, identity, spool, Secret,
+        # Pod), so admitting the queue's head one by one made the last of 100 wait for 99.
+        # A task whose own pass runs now gets one more pass from that thread (single-flight).
+        # Each in a copy of this handler thread's context: kopf keeps its settings (which Event
+        # posting needs) in context variables.
+        runs = {state.admission_pool.submit(contextvars.copy_context().run, reconcile, state, info, mem.body,
+                                            pods, entries): mem
+                for mem in candidates if mem.body is not None}
         progressed = False
-        for mem in candidates:
-            # A task whose own pass runs now is left to it: that pass (or the free-place check
-            # after it, in the handler) admits it; waiting on its lock here only serialises the burst.
-            if not mem.lock.acquire(blocking=False):
-                continue
-            try:
-                assert mem.body is not None
-                reconcile(state, info, mem.body, pods, entries)
-            except Exception:  # noqa: BLE001 - one task's failure must not keep the others queued
-                log.exception("admitting %s failed", (mem.body or {}).get("metadata", {}).get("name"))
-            finally:
-                mem.lock.release()
+        for done in concurrent.futures.as_completed(runs):
+            mem = runs[done]
+            if done.exception() is not None:  # one task's failure must not keep the others queued
+                log.error("admitting %s failed", (mem.body or {}).get("metadata", {}).get("name"),
+                          exc_info=done.exception())
             progressed = progressed or mem.uid in kind.quota.admitted or admit.is_admitted(
                 (mem.body or {}).get("status") or {})
         if not progressed:
