@@ -42,7 +42,7 @@ class _Worker:
 
     def report(self, **status: Any) -> None:
         if status.get("phase") == "pushing":
-            self.pushing_since = (time.time(), _cpu())
+            self.pushing_since = (time.monotonic(), _cpu())
         if "message" in status:
             self.messages.append(status["message"])
 
@@ -68,7 +68,7 @@ def child(src: str, room: str) -> int:
     code = asyncio.run(session.run())
     print("\n".join(worker.messages))
     if worker.pushing_since is not None:  # steady state: from the first pushed frame to the end
-        wall, cpu = time.time() - worker.pushing_since[0], _cpu() - worker.pushing_since[1]
+        wall, cpu = time.monotonic() - worker.pushing_since[0], _cpu() - worker.pushing_since[1]
         print("STEADY " + json.dumps({"wall": round(wall, 2), "cpu": round(cpu, 3), "cores": round(cpu / wall, 4)}))
     return code
 

@@ -344,12 +344,26 @@ class _VideoOutput:
         self.source, self.track, self.encoded = source, track, encoded
         self.width, self.height = width, height
         self.sid: str | None = None
+        self._picture: bytearray | None = None
 
     def write(self, frame: av.VideoFrame, time: float) -> None:
+        """The picture's planes copied once into a buffer reused from frame to frame (the SDK
+        copies it again before capture_frame returns, so it is free as soon as this returns)."""
         if frame.format.name != "yuv420p":
             frame = frame.reformat(format="yuv420p")
-        data = frame.to_ndarray().tobytes()
-        self.source.capture_frame(rtc.VideoFrame(frame.width, frame.height, rtc.VideoBufferType.I420, data),
+        width, height = frame.width, frame.height
+        cw, ch = (width + 1) // 2, (height + 1) // 2
+        size = width * height + 2 * cw * ch
+        if self._picture is None or len(self._picture) != size:
+            self._picture = bytearray(size)
+        offset = 0
+        for plane, (w, h) in zip(frame.planes, ((width, height), (cw, ch), (cw, ch)), strict=True):
+            src = np.frombuffer(memoryview(plane), dtype=np.uint8,  # type: ignore[call-overload]
+                                count=h * plane.line_size).reshape(h, plane.line_size)
+            dst = np.frombuffer(self._picture, dtype=np.uint8, count=w * h, offset=offset).reshape(h, w)
+            np.copyto(dst, src[:, :w])
+            offset += w * h
+        self.source.capture_frame(rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, self._picture),
                                   timestamp_us=int(time * 1e6))
 
     def write_encoded(self, data: bytes, *, keyframe: bool, time: float) -> bool:
