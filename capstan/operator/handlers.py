@@ -19,7 +19,7 @@ from capstan.operator import children, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, PREFIX, OperatorConfig
 from capstan.operator.phases import PodObservation
-from capstan.operator.reconcile import finish, task, worker
+from capstan.operator.reconcile import finish, retry, task, worker
 from capstan.operator.reconcile.state import OperatorState
 
 CONFIG = OperatorConfig.from_env()
@@ -70,7 +70,12 @@ def register(info: KindInfo) -> None:
 
     def run(state: OperatorState, body: dict[str, Any], kwargs: dict[str, Any]) -> None:
         pods, entries = lookup(kwargs), (lambda: _entries(kwargs[queue_id]))
-        freed = task.reconcile(state, info, body, pods, entries)
+        try:
+            freed = task.reconcile(state, info, body, pods, entries)
+        except Exception as exc:  # noqa: BLE001 - kopf drops a failed event handler's event for good
+            retry.later(state.kinds[plural], body, exc, lambda newest: run(state, newest, kwargs))
+            return
+        retry.succeeded(state.kinds[plural], body)
         if freed or _has_free_place(state, plural, entries):
             task.admit_waiting(state, info, pods, entries)
 

@@ -24,6 +24,7 @@ class SlowProxy:
         self.held = 0  # requests whose answer was held
         self.cut_until = 0.0
         self.cut = 0  # requests and connections cut during an outage
+        self.connections = 0  # connections forwarded
         self._stop = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -56,6 +57,7 @@ class SlowProxy:
                 conn.close()
                 continue
             up.settimeout(None)
+            self.connections += 1
             answer_at = [0.0]  # answers on this connection are not forwarded before this time
             threading.Thread(target=self._requests, args=(conn, up, answer_at), daemon=True).start()
             threading.Thread(target=self._answers, args=(up, conn, answer_at), daemon=True).start()

@@ -43,6 +43,8 @@ class TaskMemory:
     uid: str
     lock: threading.RLock = field(default_factory=threading.RLock)
     pass_requested: bool = False  # another reconcile pass was asked for while one ran (task.reconcile)
+    retry_timer: threading.Timer | None = None  # a failed pass's next try (reconcile.retry)
+    failed_passes: int = 0  # failed passes in a row: the retry's backoff
     written_rv: int = 0  # resourceVersion after this process's last write of the task
     body: dict[str, Any] | None = None  # the newest view: from the watch or from a write
     created_attempt: int = 0  # the attempt whose Pod this process created (the Pod watch may lag)
@@ -72,6 +74,7 @@ class KindState:
     # ask for another round, so a burst of events does not become a convoy on the same tasks' locks.
     admitting: threading.Lock = field(default_factory=threading.Lock)
     admit_requested: bool = False
+    retry_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:
         """This task's memory; a new one when the name now belongs to another object."""
@@ -95,6 +98,9 @@ class KindState:
         if mem is not None:
             with self.quota_lock:
                 self.quota.forget(mem.uid)
+            with self.retry_lock:
+                if mem.retry_timer is not None:
+                    mem.retry_timer.cancel()
 
 
 @dataclass
