@@ -134,6 +134,10 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
         "metrics": {"port": op_port, "bindAddress": "podIP", "workerPort": worker_port},
         "reconcileInterval": 1, "stopGraceSeconds": 30,
         "workerEnv": {k.removeprefix("CAPSTAN_WORKER_ENV_"): v for k, v in server.worker_env().items()},
+        # the task below names neither room server nor storage: the chart's defaults give them
+        "defaults": {"room": {"url": server.url, "credentialsSecret": "room-credentials"},
+                     "storage": {"endpoint": stack.s3_endpoint, "bucket": bucket, "secure": False,
+                                 "credentialsSecret": "storage"}},
     })
     assert "STATUS: deployed" in out
     deployments = release.deployments()
@@ -155,9 +159,13 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
     # (writes are conditional, so that is safe); the figures below count on the standby being paused
     wait_for(lambda: "Pausing operations in favour of" in release.log("standby"), 90, what="the standby paused")
 
-    # a real recording under the chart's ServiceAccount and RBAC; both /metrics move while it runs
+    # a real recording under the chart's ServiceAccount and RBAC, on the chart's default room server
+    # and storage (the Secrets of those names in the task's namespace); both /metrics move while it runs
     room.start("alice")
-    tasks.create(media_recording("live", room, bucket))
+    live = media_recording("live", room, bucket)
+    del live["spec"]["storage"]
+    live["spec"]["room"] = {k: live["spec"]["room"][k] for k in ("sdkAppId", "strRoomId")}
+    tasks.create(live)
     st = tasks.wait_phase("live", "recording", timeout=120)
     task_id = st["taskId"]
     operator = scrape_until(main_ip, op_port, lambda m: sample(
@@ -183,6 +191,9 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
     for name in (naming.single_playlist_name(SDKAPPID, room.name, "alice", "main", "video"),
                  naming.single_mp4_name(SDKAPPID, room.name, "alice", "main", 1)):
         assert name in stored, f"{name} missing; stored: {sorted(stored)}"
+    # the result body names the files by URLs of the default storage: signed and announced, not refused
+    wait_for(lambda: any(r == "Result" for r, _ in tasks.events("live")), 30, what="the Result Event")
+    assert not [m for r, m in tasks.events("live") if r == "EventRefused"]
     generation = tasks.get("live")["metadata"]["generation"]
     conditions = {c["type"]: c for c in st["conditions"]}
     assert st["observedGeneration"] == generation
