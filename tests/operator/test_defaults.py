@@ -171,3 +171,19 @@ def test_workers_take_the_public_base_url_from_the_spec_else_from_the_operator()
     assert public_base_url(spec.storage, {"S3_PUBLIC_BASE_URL": "https://cdn.example"}) == "https://mine.example"
     assert public_base_url(None, {"S3_PUBLIC_BASE_URL": "https://cdn.example"}) == "https://cdn.example"
     assert public_base_url(None, {}) is None
+
+
+def test_a_result_body_may_name_files_by_urls_of_the_default_storage():
+    """The outbox check (callbacks, Events) looks at the storage the worker wrote to: the default one."""
+    from capstan.api.common import TaskEvent
+    from capstan.operator import outbox
+
+    spec = {**recording(), "output": {"prefix": "rec"}}
+    url = "http://minio.storage:9000/recordings/rec/task-1/a.m3u8?X-Amz-Signature=ab"
+    result = {"SdkAppId": "1400000000", "RoomId": "1234", "StrRoomId": "", "UserId": "robot", "TaskId": "task-1",
+              "Files": [{"UserId": "alice", "RecordFile": url, "Status": 1, "Message": "success"}]}
+    event = TaskEvent.model_validate({"seq": 1, "type": 0, "ts": 1, "payload": result})
+    status = {"taskId": "task-1"}
+    effective = effective_spec(CLOUD_RECORDING, spec, DEFAULTS, strict=False)
+    assert outbox.refusal(CLOUD_RECORDING, effective, status, event) is None
+    assert "is not under" in (outbox.refusal(CLOUD_RECORDING, spec, status, event) or "")
