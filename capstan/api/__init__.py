@@ -25,6 +25,7 @@ class KindInfo:
     worker: str  # the worker entrypoint (capstan.worker.<worker>)
     mode_path: str  # JSONPath of the column `kubectl get` shows as MODE
     extra_columns: tuple[dict, ...] = field(default=())
+    room_identity_field: str = "recorderUserId"  # the spec field naming the worker's identity in the room
 
     @property
     def singular(self) -> str:
@@ -52,7 +53,7 @@ STREAM_PUSH = KindInfo(
     kind="StreamPush", plural="streampushes", short_names=("spush",),
     spec_model=StreamPushSpec, status_model=StreamPushStatus,
     description="A media file (vod) or RTMP live stream published into a room as a user.",
-    worker="pusher", mode_path=".spec.mode",
+    worker="pusher", mode_path=".spec.mode", room_identity_field="userId",
 )
 KINDS: tuple[KindInfo, ...] = (CLOUD_RECORDING, WEB_RECORDING, STREAM_PUSH)
 KINDS_BY_PLURAL = {k.plural: k for k in KINDS}

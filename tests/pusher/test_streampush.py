@@ -150,7 +150,6 @@ def first_after(numbers: list[tuple[float, int]], moment: float) -> int:
     return next(n for t, n in numbers if t > moment and n > 0)
 
 
-@LIVEKIT_ONLY  # Janus keeps a killed publisher's id taken until its session times out (60 s)
 def test_a_killed_pusher_continues_from_status_progress(pusher_operator, pushes, watcher, media_server, receiver,
                                                        namespace):
     watcher.start()
@@ -174,6 +173,9 @@ def test_a_killed_pusher_continues_from_status_progress(pusher_operator, pushes,
     resume = next(b for b in receiver.bodies if b["EventType"] == 402)["EventInfo"]["Payload"]
     assert resume["From"] == "status" and resume["Attempt"] == 2
     assert "PushResume" in [r for r, _ in pushes.events("ha")]
+    # the dead attempt's identity was taken out of the room (Janus would keep it for its session timeout)
+    identity = [m for r, m in pushes.events("ha") if r == "FailoverIdentity"]
+    assert identity == ["dead attempt's room identity: removed"], identity
 
 
 def test_a_new_push_of_the_same_source_resumes_from_redis(pusher_operator, pushes, watcher, media_server, stack,

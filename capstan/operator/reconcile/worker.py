@@ -98,7 +98,7 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
             kube.delete_pod(task.namespace, children.pod_name(task.info, task.name, attempt - 1), grace_seconds=0)
             metrics.FAILOVERS.labels(task.info.plural).inc()
             outcome = failover.remove_dead_identity(
-                spec, lambda n, k: kube.read_secret_key(task.namespace, n, k))
+                spec, lambda n, k: kube.read_secret_key(task.namespace, n, k), task.info.room_identity_field)
             state.post_event(task.body, "Normal", "FailoverIdentity", f"dead attempt's room identity: {outcome}")
         kube.ensure_identity(task.info, body)
         kube.ensure_spool(children.spool_claim(task.info, body, cfg))
