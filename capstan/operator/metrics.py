@@ -8,6 +8,7 @@ what the operator process remembers of each task (`track`), so they can never dr
 
 from __future__ import annotations
 
+import logging
 import os
 import weakref
 from collections.abc import Iterator
@@ -45,6 +46,33 @@ TASK_DURATION = Histogram("capstan_task_duration_seconds", "Time from a task's a
 TERMINAL = frozenset({Phase.finished.value, Phase.failed.value, Phase.canceled.value})
 
 
+class PeeringWatch(logging.Handler):
+    """Whether kopf peering has paused this operator, from kopf's own peering log records.
+
+    kopf keeps its pause toggle private; its peering engine logs "Pausing operations ..." (a
+    higher-priority peer is alive, or one of the same priority) and "Resuming operations ..." as it
+    flips it. A paused operator's memory of the tasks goes stale, so it exports no task gauges (a
+    dashboard summing both operators would count the tasks twice, taking the max could show the
+    standby's stale figures) and says `capstan_operator_active 0`."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.active = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith(("Pausing operations", "Pausing all operators")):
+            self.active = False
+        elif message.startswith("Resuming operations"):
+            self.active = True
+
+
+PEERING = PeeringWatch()
+_PEERING_LOG = logging.getLogger("kopf._core.engines.peering")
+_PEERING_LOG.addHandler(PEERING)
+_PEERING_LOG.setLevel(logging.INFO)  # the pause and resume records even when the operator runs --quiet
+
+
 class TaskCollector(Collector):
     """`capstan_tasks{kind,phase}` and `capstan_queue_length{kind}` from the tracked operator states."""
 
@@ -59,6 +87,12 @@ class TaskCollector(Collector):
         return [s for r in self._states if (s := r()) is not None]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        active = GaugeMetricFamily("capstan_operator_active",
+                                   "1 while this operator works, 0 while kopf peering pauses it (a standby)")
+        active.add_metric([], 1.0 if PEERING.active else 0.0)
+        yield active
+        if not PEERING.active:
+            return  # a paused operator's task figures are stale: the active one exports them
         tasks = GaugeMetricFamily("capstan_tasks", "Tasks the operator knows, by kind and phase",
                                   labels=["kind", "phase"])
         queue = GaugeMetricFamily("capstan_queue_length", "Tasks waiting for a free place under the limit",

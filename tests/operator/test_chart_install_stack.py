@@ -208,6 +208,10 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
     # the standby paused: it serves /metrics, and has accepted nothing
     standby = scrape(standby_ip, op_port)
     assert sample(standby, "capstan_tasks_accepted_total", kind="cloudrecordings") == 0
+    # a paused operator says so and exports no (stale) task gauges; the main one does
+    assert sample(standby, "capstan_operator_active") == 0
+    assert not any(name == "capstan_tasks" for name, _ in standby)
+    assert sample(scrape(main_ip, op_port), "capstan_operator_active") == 1
 
     # helm test: the chart's test Pod reads the operator's /metrics
     release.helm("upgrade", release.name, str(CHART), "--namespace", namespace, "--reuse-values",
@@ -225,6 +229,7 @@ def test_helm_install_runs_a_recording_with_metrics_then_the_standby_takes_over(
     tasks.wait_phase("next", "recording", timeout=150)
     standby = scrape(standby_ip, op_port)
     assert sample(standby, "capstan_tasks_accepted_total", kind="cloudrecordings") == 1
+    assert sample(standby, "capstan_operator_active") == 1
     tasks.patch_spec("next", {"stop": True})
     tasks.wait_phase("next", "finished", timeout=180)
     for name in ("live", "next"):
