@@ -263,7 +263,8 @@ def test_signatures_bindings_refusals_and_limits(gateway, kube_api, namespace, b
     task_id = gateway.call("CreateCloudRecording", body).TaskId
     obj = get(kube_api, namespace, "cloudrecordings", task_id)
     assert obj["spec"]["recordMode"] == "mix" and obj["spec"]["mixLayout"] == {
-        "mode": "screenShare", "mainUserId": "alice", "regions": [], "backgroundColor": "#000000"}
+        "mode": "screenShare", "mainUserId": "alice", "regions": [], "backgroundColor": "#000000",
+        "placeholderColor": "#000000"}
     for action in ("DescribeCloudRecording", "DeleteCloudRecording", "ModifyCloudRecording"):
         params = {"SdkAppId": SDKAPPID, "TaskId": task_id, "SubscribeStreamUserIds": {}} \
             if action == "ModifyCloudRecording" else {"SdkAppId": SDKAPPID, "TaskId": task_id}

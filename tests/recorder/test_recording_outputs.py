@@ -256,7 +256,8 @@ def test_streams_beyond_the_limit_are_reported_and_get_a_place_when_one_ends(rec
 
     wait_for(lambda: (c := condition()) is not None and c["status"] == "True", 30, what="the limit reported")
     assert "carol/main" in condition()["message"] and "carol" not in tasks.status("limit")["anchors"]
-    assert "not recorded" in tasks.status("limit")["message"]
+    # the message follows with the worker's next progress report
+    wait_for(lambda: "not recorded" in tasks.status("limit")["message"], 30, what="the message naming the limit")
     # and `kubectl describe` shows it: the operator mirrors the worker's condition as an Event
     wait_for(lambda: any(r == "StreamLimitReached" and "carol/main" in m
                          for r, m in tasks.events("limit")), 30, what="the StreamLimitReached Event")

@@ -69,7 +69,9 @@ def test_colour_tone_main_and_aux_reach_a_hidden_recorder(room_server: Any) -> N
             # capture times: wall clock, increasing at the anchor's frame rate, not before we subscribed
             times = [t.time for t in video_frames]
             assert times == sorted(times) and subscribed_at - 1.0 < times[0] and times[-1] <= time.time()
-            assert abs((times[-1] - times[0]) - 19 / 15) < 0.3, times
+            # the median interval: one stall of a loaded publisher (aiortc) stretches the span, not the rate
+            intervals = sorted(b - a for a, b in zip(times, times[1:], strict=False))
+            assert abs(intervals[len(intervals) // 2] - 1 / 15) < 0.02, times
             if room_server.name == "livekit":  # hidden: the anchors do not see the recorder
                 assert "recorder" not in {p.identity for p in alice.publisher.room.remote_participants.values()}
             await conn.unsubscribe(main)
