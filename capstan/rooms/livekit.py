@@ -382,13 +382,14 @@ class _AudioOutput:
     # AudioSource sends from its queue (queue_size_ms); measured at a subscriber: sound written
     # at the same moment as a picture arrives ≈ 0.25 s after it with the 200 ms queue.
     latency = AUDIO_QUEUE_MS / 1000 + 0.05
-    # Samples per write a caller should use: each capture is an FFI request whose completion comes
-    # back as an event through Python, so 100 ms blocks (the source takes any multiple of 10 ms
-    # up to AUDIO_QUEUE_MS) cost a fifth of what 20 ms frames do.
+    # Samples per write: 20 ms. Larger blocks (the source takes any multiple of 10 ms) would save
+    # FFI requests and completion events, but a block is only made once all of it is read, which
+    # eats into the reader's lead, and 100 ms blocks put the sound 0.05-0.35 s behind the
+    # pictures now and then on a loaded machine (tests/pusher/test_push_session.py).
 
     def __init__(self, source: Any, track: Any) -> None:
         self.source, self.track = source, track
-        self.frame_samples: int = source.sample_rate // 10
+        self.frame_samples: int = source.sample_rate // 50
         self.sid: str | None = None
 
     async def write(self, frame: av.AudioFrame) -> None:
