@@ -108,7 +108,7 @@ def refresh_places(state: OperatorState, info: KindInfo, kind: KindState,
             mem.shown_place = shown_place((mem.body.get("status") or {}).get("message") or "")
         if not place_worth_showing(mem.shown_place, place):
             continue
-        if not mem.lock.acquire(blocking=False):
+        if not mem.passes.lock.acquire(blocking=False):
             continue  # in a pass now; the next refresh shows its place
         try:
             meta = mem.body["metadata"]
@@ -121,4 +121,4 @@ def refresh_places(state: OperatorState, info: KindInfo, kind: KindState,
             mem.written_rv = resource_version(mem.body)
             mem.shown_place = place
         finally:
-            mem.lock.release()
+            mem.passes.lock.release()

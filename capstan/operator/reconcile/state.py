@@ -35,14 +35,38 @@ def resource_version(body: dict[str, Any]) -> int:
         return 0
 
 
+class SingleFlight:
+    """Work that one thread at a time does: a caller finding it under way leaves a request for one
+    more round and returns at once, instead of waiting (the flag is read after the lock is released,
+    so a request left meanwhile is never lost)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.requested = False
+
+    def run(self, work: Callable[[], bool | None]) -> bool:
+        """Rounds of `work` until no request is left; whether any round returned True (False when
+        another thread was at it: it does the round asked for)."""
+        self.requested = True
+        result = False
+        while self.requested:
+            if not self.lock.acquire(blocking=False):
+                return result
+            try:
+                self.requested = False
+                result = bool(work()) or result
+            finally:
+                self.lock.release()
+        return result
+
+
 @dataclass
 class TaskMemory:
-    """One task as this process knows it. Guarded by `lock`: a task event, a Pod event and the
-    timer of the same task may run at once in kopf's handler threads."""
+    """One task as this process knows it. Guarded by `passes.lock`: a task event, a Pod event and
+    the timer of the same task may run at once in kopf's handler threads."""
 
     uid: str
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    pass_requested: bool = False  # another reconcile pass was asked for while one ran (task.reconcile)
+    passes: SingleFlight = field(default_factory=SingleFlight)  # the reconcile passes (task.reconcile)
     retry_timer: threading.Timer | None = None  # a failed pass's next try (reconcile.retry)
     failed_passes: int = 0  # failed passes in a row: the retry's backoff
     written_rv: int = 0  # resourceVersion after this process's last write of the task
@@ -72,8 +96,7 @@ class KindState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     # One thread at a time admits the queue's head (reconcile.task.admit_waiting); the others only
     # ask for another round, so a burst of events does not become a convoy on the same tasks' locks.
-    admitting: threading.Lock = field(default_factory=threading.Lock)
-    admit_requested: bool = False
+    admission: SingleFlight = field(default_factory=SingleFlight)
     retry_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:

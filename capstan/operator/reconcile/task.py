@@ -136,17 +136,7 @@ def reconcile(state: OperatorState, info: KindInfo, body: dict[str, Any], pods: 
     kind = state.kinds[info.plural]
     mem = kind.memory(meta["namespace"], meta["name"], meta["uid"])
     mem.see(body)
-    mem.pass_requested = True
-    freed = False
-    while mem.pass_requested:  # read after the release: a request left meanwhile is never lost
-        if not mem.lock.acquire(blocking=False):
-            return freed
-        try:
-            mem.pass_requested = False
-            freed = _passes(state, info, kind, mem, pods, entries) or freed
-        finally:
-            mem.lock.release()
-    return freed
+    return mem.passes.run(lambda: _passes(state, info, kind, mem, pods, entries))
 
 
 def _passes(state: OperatorState, info: KindInfo, kind: KindState, mem: TaskMemory, pods: PodLookup,
@@ -241,15 +231,7 @@ def admit_waiting(state: OperatorState, info: KindInfo, pods: PodLookup,
     Single-flight per kind: a caller finding another thread at it leaves a request for one more
     round and returns (the flag is read after the lock is released, so no request is lost)."""
     kind = state.kinds[info.plural]
-    kind.admit_requested = True
-    while kind.admit_requested:
-        if not kind.admitting.acquire(blocking=False):
-            return
-        try:
-            kind.admit_requested = False
-            _admit_rounds(state, info, kind, pods, entries)
-        finally:
-            kind.admitting.release()
+    kind.admission.run(lambda: _admit_rounds(state, info, kind, pods, entries))
 
 
 def _admit_rounds(state: OperatorState, info: KindInfo, kind: KindState, pods: PodLookup,
