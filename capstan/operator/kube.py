@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -160,18 +161,13 @@ def patch_task_status(info: KindInfo, namespace: str, name: str, status: dict[st
         GROUP, VERSION, namespace, info.plural, name, body, _request_timeout=TIMEOUT))
 
 
-def read_secret_key(namespace: str, name: str, key: str) -> str:
+def read_secret_key(namespace: str, name: str, key: str, _read: Callable[[str], Any] | None = None) -> str:
     """One key of a Secret that opted in to Capstan (label capstan.dev/use: "true"), decoded.
 
     Raises SecretNotFound / SecretNotOptedIn (one message for both) or KeyError naming the key.
     Every Secret a task names is read through here, so the opt-in covers every reference.
     """
-    try:
-        secret = core().read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
-    except ApiException as exc:
-        if exc.status == 404:
-            raise worker_env.SecretNotFound(worker_env.unavailable_message(namespace, name)) from None
-        raise
+    secret = (_read or (lambda n: _get_secret(namespace, n)))(name)
     labels = (secret.metadata.labels if secret.metadata else None) or {}
     if labels.get(worker_env.SECRET_OPT_IN_LABEL) != "true":
         raise worker_env.SecretNotOptedIn(worker_env.unavailable_message(namespace, name))
@@ -183,3 +179,25 @@ def read_secret_key(namespace: str, name: str, key: str) -> str:
     except UnicodeDecodeError:
         # a KeyError like a missing key: the task fails naming the field, instead of every reconcile raising
         raise KeyError(f"Secret {namespace}/{name} key {key!r} is not UTF-8 text") from None
+
+
+def _get_secret(namespace: str, name: str) -> Any:
+    try:
+        return core().read_namespaced_secret(name, namespace, _request_timeout=TIMEOUT)
+    except ApiException as exc:
+        if exc.status == 404:
+            raise worker_env.SecretNotFound(worker_env.unavailable_message(namespace, name)) from None
+        raise
+
+
+def secret_reader(namespace: str) -> Callable[[str, str], str]:
+    """`read_secret_key` for one piece of work (starting an attempt): each Secret is fetched once
+    however many of its keys are read (it was one GET per key)."""
+    fetched: dict[str, Any] = {}
+
+    def fetch(name: str) -> Any:
+        if name not in fetched:
+            fetched[name] = _get_secret(namespace, name)
+        return fetched[name]
+
+    return lambda name, key: read_secret_key(namespace, name, key, fetch)

@@ -75,11 +75,11 @@ def current_pod(task: Task, pods: PodLookup, attempt: int) -> PodObservation:
 def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decision, plan: Plan) -> None:
     """Start attempt `decision.attempt` (replacing the dead one on failover): status first, Pod after."""
     body = {**task.body, "status": {**view, **decision.status}}
+    secrets = kube.secret_reader(task.namespace)  # each Secret fetched once for this attempt
     try:
         # The worker gets the spec's values, or the operator's defaults where the task left them out.
         spec = effective_spec(task.info, task.spec, state.config.defaults)
-        env = worker_env(task.info, {**body, "spec": spec},
-                         lambda name, key: kube.read_secret_key(task.namespace, name, key))
+        env = worker_env(task.info, {**body, "spec": spec}, secrets)
     except TaskConfigError as exc:
         plan.status.update({"phase": Phase.failed.value, "result": {"errorCode": "InvalidParameter",
                                                                      "errorMessage": str(exc)}})
@@ -98,7 +98,7 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
             kube.delete_pod(task.namespace, children.pod_name(task.info, task.name, attempt - 1), grace_seconds=0)
             metrics.FAILOVERS.labels(task.info.plural).inc()
             outcome = failover.remove_dead_identity(
-                spec, lambda n, k: kube.read_secret_key(task.namespace, n, k), task.info.room_identity_field)
+                spec, secrets, task.info.room_identity_field)
             state.post_event(task.body, "Normal", "FailoverIdentity", f"dead attempt's room identity: {outcome}")
         kube.ensure_identity(task.info, body)
         kube.ensure_spool(children.spool_claim(task.info, body, cfg))
