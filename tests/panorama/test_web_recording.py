@@ -116,7 +116,8 @@ def test_pause_and_resume_make_one_file_without_the_paused_time(tmp_path: Path, 
     assert abs(jump - paused * PAGE_FPS) < TOLERANCE * PAGE_FPS, (jump, paused)
     assert sorted(steps)[-2] < PAGE_FPS / 2  # one jump only
     times = [t for t, _, _ in m.frames]
-    assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 0.3  # no hole in the timeline
+    # no hole in the timeline where the pause was (3 s); a loaded capture may stall a few frames
+    assert max(b - a for a, b in zip(times, times[1:], strict=False)) < 1.0
     assert abs(run.worker.latest("pausedSeconds") - paused) < TOLERANCE
 
 
