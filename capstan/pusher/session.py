@@ -40,6 +40,7 @@ PROGRESS_SECONDS = float(os.environ.get("CAPSTAN_PUSH_PROGRESS_SECONDS", "1"))
 JOIN_TIMEOUT = 45.0
 # Bench and tests: decode and re-encode even where pass-through would do.
 FORCE_REENCODE = os.environ.get("CAPSTAN_PUSH_REENCODE") == "1"
+VIDEO_THREAD = os.environ.get("CAPSTAN_PUSH_VIDEO_THREAD") == "1"  # see PushSession's pacing (off: sync first)
 FEEDBACK_SECONDS = 0.2  # how often the paced video thread asks the publisher for keyframe requests
 
 
@@ -129,8 +130,11 @@ class PushSession:
         # A video output that may be written from any (single) thread gets its own pacing thread:
         # the reader hands it the pictures directly and it sleeps to each one's due time, so the
         # event loop never wakes for a picture (LiveKit: a synchronous FFI call per picture).
+        # Off unless CAPSTAN_PUSH_VIDEO_THREAD=1: with pictures paced apart from the sound, a loaded
+        # event loop let the sound fall 0.48 s behind the pictures (a CI run); on one loop both lag alike.
         direct: queue.SimpleQueue[Item | Ended] | None = (
-            queue.SimpleQueue() if video is not None and getattr(video, "thread_safe", False) else None)
+            queue.SimpleQueue() if VIDEO_THREAD and video is not None and getattr(video, "thread_safe", False)
+            else None)
         halted = threading.Event()
 
         def put(item: Item | Ended) -> None:
