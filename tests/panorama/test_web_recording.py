@@ -109,7 +109,10 @@ def test_pause_and_resume_make_one_file_without_the_paused_time(tmp_path: Path, 
     run = record(tmp_path, spec_for(page.url), script)
     m = read_media(_single_file(run))
     paused = marks["resume"] - marks["pause"]
-    assert abs(m.duration - (marks["stop"] - marks["start"] - paused)) < TOLERANCE, (m.duration, marks)
+    # the file lacks the time the worker was paused (it applies a pause when the watch brings it: later
+    # than the script's mark on a loaded machine); that time itself is checked against the marks below
+    worker_paused = run.worker.latest("pausedSeconds")
+    assert abs(m.duration - (marks["stop"] - marks["start"] - worker_paused)) < TOLERANCE, (m.duration, marks)
     counters = [c for _, c, _ in m.frames]
     steps = [b - a for a, b in zip(counters, counters[1:], strict=False)]
     jump = max(steps)
