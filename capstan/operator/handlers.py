@@ -18,6 +18,7 @@ from capstan.api import GROUP, KINDS, VERSION, KindInfo
 from capstan.operator import children, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, PREFIX, OperatorConfig
+from capstan.operator.kopf_persistence import UnchangedDiffBase, awaits_finalizer
 from capstan.operator.phases import PodObservation
 from capstan.operator.reconcile import finish, retry, task, worker
 from capstan.operator.reconcile.state import OperatorState
@@ -34,8 +35,8 @@ def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> 
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
+    # No change handlers: kopf keeps no last-handled configuration (kopf_persistence).
+    settings.persistence.diffbase_storage = UnchangedDiffBase()
     # kopf's own "Handler ... succeeded" messages are not Events; every Capstan Event (kopf.event) stays.
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 60
@@ -98,6 +99,8 @@ def register(info: KindInfo) -> None:
             if _has_free_place(state, plural, entries):
                 task.admit_waiting(state, info, lookup(kwargs), entries)
             return
+        if awaits_finalizer(body, FINALIZER):
+            return  # kopf adds it after this handler; that write's event brings the first pass
         run(state, _plain(body), kwargs)
 
     @kopf.on.event("", "v1", "pods", labels=pod_filter, id=f"{plural}-worker-pod")

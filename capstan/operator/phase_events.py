@@ -1,6 +1,10 @@
 """Kubernetes Events for what the worker reports: every phase change, and every event it puts
 in its outbox (TRTC 301–312, result bodies), so `kubectl describe` mirrors the callbacks.
 
+A phase the operator itself writes together with an Event of its own saying so (`Accepted` and
+`Failover` for `normal`; `Canceled`, `Finished`, `WorkerFailed`, `TaskRefused`, ... for the end)
+gets no `PhaseChanged` beside it (issue 11: Events per task); the worker's phases and `callback` do.
+
 Workers may not create Events (their Role names only their own resource), so the operator
 watches the status and posts them on their behalf.
 """
@@ -13,7 +17,7 @@ from typing import Any
 import kopf
 
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
-from capstan.api.common import TaskEvent
+from capstan.api.common import Phase, TaskEvent
 from capstan.operator import outbox
 from capstan.operator.defaults import effective_spec
 
@@ -25,6 +29,16 @@ WARNING_TYPES = {308, 309}
 # Conditions a worker sets (the operator's own, Admitted/Queued/Finished, have their own Events):
 # each change of one becomes an Event, Warning while it is True.
 WORKER_CONDITIONS = frozenset({"StreamLimitReached", "LocalDiskFull"})
+# Phases only the operator writes, each time with a more specific Event (reconcile, phases.decide).
+ANNOUNCED_PHASES = frozenset({Phase.normal.value, Phase.finished.value, Phase.failed.value, Phase.canceled.value})
+
+
+def phase_change(last: str | None, phase: str | None, message: str | None) -> str | None:
+    """The message of the PhaseChanged Event (Normal) for a change from `last` to `phase`, if one is due:
+    none for the first sight after a (re)start, none for a phase announced by the operator's own Event."""
+    if not phase or last is None or phase == last or phase in ANNOUNCED_PHASES:
+        return None
+    return (f"{last} -> {phase}" + (f": {message}" if message else ""))[:1000]
 
 
 def _mirror_conditions(body: kopf.Body, status: kopf.Status, memo: kopf.Memo) -> None:
@@ -81,13 +95,9 @@ def register(info: KindInfo) -> None:
         if type == "DELETED" or not phase or phase == last:
             return
         memo["last_phase"] = phase
-        if last is None:
-            return  # first sight after a (re)start: not a transition we saw happen
-        message = f"{last} -> {phase}"
-        if status.get("message"):
-            message += f": {status['message']}"
-        kopf.event(body, type="Warning" if phase == "failed" else "Normal", reason="PhaseChanged",
-                   message=message[:1000])
+        message = phase_change(last, phase, status.get("message"))
+        if message is not None:
+            kopf.event(body, type="Normal", reason="PhaseChanged", message=message)
 
 
 for _info in KINDS:

@@ -106,7 +106,8 @@ def test_worker_runs_with_its_own_narrow_identity(operator, tasks, namespace):
     tasks.create(recording("beta", stop=True))  # another task, never started
     st = tasks.wait_phase("alpha", "idle")
     annotations = tasks.get("alpha")["metadata"].get("annotations") or {}
-    assert any(k.startswith("capstan.dev/") for k in annotations), annotations  # kopf state under our prefix
+    # kopf keeps no diff base (no change handlers), and nothing under its own prefix
+    assert "capstan.dev/last-handled-configuration" not in annotations, annotations
     assert not any(k.startswith("kopf.zalando.org/") for k in annotations), annotations
     assert st["attempt"] == 1 and st["taskId"] and st["room"] == "1234"
     assert st["workerPod"] == "alpha-crec-a1"
@@ -147,8 +148,13 @@ def test_worker_runs_with_its_own_narrow_identity(operator, tasks, namespace):
     for reason in ("Accepted", "Admitted", "WorkerCreated", "StopRequested", "Finished"):
         assert reason in reasons, reasons
     transitions = [m.split(":")[0] for r, m in tasks.events("alpha") if r == "PhaseChanged"]
-    for change in ("normal -> idle", "idle -> upload", "upload -> finished"):
+    for change in ("normal -> idle", "idle -> upload"):  # the worker's phases
         assert change in transitions, transitions
+    # the end is told once, by `Finished`, not again by a PhaseChanged beside it
+    assert not any(t.endswith("-> finished") for t in transitions), transitions
+    beta = [r for r, _ in tasks.events("beta")]  # stopped before it started: Accepted, then Canceled only
+    assert beta.count("Accepted") == 1 and beta.count("Canceled") == 1, beta
+    assert "StopRequested" not in beta and "PhaseChanged" not in beta, beta
 
 
 def test_killed_worker_is_replaced_by_attempt_two(operator, tasks, namespace):

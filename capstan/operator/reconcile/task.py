@@ -166,9 +166,10 @@ def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
     plan = Plan()
     if not st.get("taskId"):
         _accept(task, plan)
-    if spec.get("stop") and not st.get("cancelTime"):
+    stop_seen_now = bool(spec.get("stop")) and not st.get("cancelTime")
+    stop_event_at = len(plan.events)  # where its Event goes, if it gets one (below)
+    if stop_seen_now:
         plan.status["cancelTime"] = now()
-        plan.events.append(("Normal", "StopRequested", "stop requested; worker finishing"))
     cb_state = callbacks.deliver_pending(state, task)
     st = task.status  # delivery may have written
     view = {**st, **plan.status}
@@ -192,6 +193,10 @@ def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
             plan.set(view, key, value)
         if decision.event:
             plan.events.append(decision.event)
+    if stop_seen_now and not plan.freed:
+        # A stop that ends the task in this very pass (a queued task canceled) is told by that end's
+        # own Event (`Canceled`: stopped before the worker started), not by a second one beside it.
+        plan.events.insert(stop_event_at, ("Normal", "StopRequested", "stop requested; worker finishing"))
     _readiness(task, plan)
     if plan.status:
         task.write(plan.status)
