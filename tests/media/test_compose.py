@@ -165,3 +165,17 @@ def test_the_mixer_keeps_every_sample_of_many_small_blocks_across_spans() -> Non
     assert taken is not None
     got.append(taken[1])
     assert np.array_equal(np.concatenate(got, axis=1), ramp[:, :100 * 480])
+
+
+def test_a_picture_of_its_windows_size_is_pasted_without_a_scaling_pass() -> None:
+    compositor = Compositor((1280, 720))
+    windows = grid((1280, 720), [Feed(f"u{i}") for i in range(4)])
+    colours = (RED, GREEN, BLUE, (200, 200, 0))
+    pictures = {}
+    for window, colour in zip(windows, colours, strict=True):
+        pictures[window.feed] = av.VideoFrame.from_ndarray(
+            np.full((window.height, window.width, 3), colour, np.uint8), format="rgb24").reformat(format="yuv420p")
+    out = compositor.compose(windows, pictures)
+    assert compositor.scaled == 0
+    for window, colour in zip(windows, colours, strict=True):
+        assert close_to(rgb_at(out, window.left + window.width // 2, window.top + window.height // 2), colour)

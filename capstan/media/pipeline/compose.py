@@ -258,8 +258,14 @@ class Compositor:
         return box
 
     def _scale(self, tile: _Tile, window: Window, picture: av.VideoFrame) -> None:
-        self.scaled += 1
         sw, sh = picture.width, picture.height
+        tile.source = picture
+        if (sw, sh) == (window.width, window.height) and picture.format.name == "yuv420p":
+            # already the window's size and the canvas's format (a 2x2 grid of 640x360 anchors in 1280x720):
+            # pasted from the picture itself, no swscale pass and no copy
+            tile.planes, tile.offset, tile.scaled = frame_planes(picture), (0, 0), picture
+            return
+        self.scaled += 1
         if window.render_mode == "fit":
             w, h, left, top = fit((sw, sh), (window.width, window.height))
             scaled = tile.reformatter.reformat(picture, width=w, height=h, format="yuv420p")
@@ -278,7 +284,7 @@ class Compositor:
                            u[y0 // 2:(y0 + window.height) // 2, x0 // 2:(x0 + window.width) // 2],
                            v[y0 // 2:(y0 + window.height) // 2, x0 // 2:(x0 + window.width) // 2])
             tile.offset = (0, 0)
-        tile.source, tile.scaled = picture, scaled
+        tile.scaled = scaled
 
     def _placeholder(self, canvas: Planes, window: Window) -> None:
         if self.placeholder_image is not None:
