@@ -6,7 +6,8 @@
 - ffmpeg: Debian's ``ffmpeg`` reading the same raw files, ``scale`` each to 640x360 (a no-op size,
   as the grid tile is the input size), ``xstack`` of 4, ``amix`` of 4, the same encoder settings.
 
-Run: ``.venv/bin/python -m bench.mix [-n REPEATS]`` (``BENCH_MIX_SECONDS``: the media length, 60 s). Writes ``bench/results/mix.json``.
+Run: ``.venv/bin/python -m bench.mix [-n REPEATS]`` (``BENCH_MIX_SECONDS``: the media length, 60 s).
+Writes ``bench/results/mix.json``.
 """
 
 from __future__ import annotations
