@@ -15,7 +15,7 @@ from kubernetes import watch as kwatch
 from capstan.api import GROUP, VERSION
 from capstan.operator.config import FINALIZER
 from tests.conftest import wait_for
-from tests.operator.test_operator_stack import recording
+from tests.operator.test_operator_stack import recording, tasks  # noqa: F401  (the fixture)
 
 DIFFBASE = "capstan.dev/last-handled-configuration"
 
