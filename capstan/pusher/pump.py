@@ -5,9 +5,10 @@ H.264 access unit (pass-through) or a decoded picture (re-encode), and s16 audio
 size the publisher asks for (20 ms by default; LiveKit takes 100 ms: fewer captures). Each
 item carries the wall-clock time it is due, from one clock per *run* (a stretch of continuous
 source time: the start, each loop of a file, each reconnection of a live stream), so audio and
-video of a run stay together whatever the demuxer's interleaving. The senders (async, one per
-track) wait for that time and hand the item to the room. The reader keeps at most
-:data:`AHEAD_SECONDS` ahead of the clock, so memory stays small and a stop is quick.
+video of a run stay together whatever the demuxer's interleaving. The senders (one pacing thread,
+or async tasks on the event loop) wait for that time and hand the item to the room. The reader
+keeps at most ``ahead`` seconds (:data:`AHEAD_SECONDS` plus how long before its due time the
+publisher's audio is written) ahead of the clock, so memory stays small and a stop is quick.
 """
 
 from __future__ import annotations
@@ -70,11 +71,13 @@ class Reader:
 
     def __init__(self, container: Any, info: SourceInfo, *, pass_through: bool, live: bool, loop: bool,
                  start: float, reopen: Opener, reconnect_seconds: float, audio_frame: int = AUDIO_FRAME,
+                 ahead: float = AHEAD_SECONDS, run_gap: float = RUN_GAP_SECONDS,
                  on_note: Callable[[str], None] = lambda _m: None) -> None:
         self.container, self.info = container, info
         self.pass_through, self.live, self.loop = pass_through, live, loop
         self.start, self.reopen, self.reconnect_seconds = start, reopen, reconnect_seconds
         self.on_note, self.audio_frame = on_note, audio_frame
+        self.ahead, self.run_gap = ahead, run_gap  # run_gap: a run's first item is due this long after it is read
         self.halted = threading.Event()
         self.last_due = 0.0
         self.live_base = 0.0  # seconds pushed in earlier live runs
@@ -171,9 +174,9 @@ class Reader:
         def emit(kind: str, t: float, payload: Any, keyframe: bool = False) -> None:
             nonlocal clock
             if clock is None:
-                clock = RunClock(t, max(time.time() + RUN_GAP_SECONDS, self.last_due + RUN_GAP_SECONDS))
+                clock = RunClock(t, max(time.time() + self.run_gap, self.last_due + RUN_GAP_SECONDS))
             item = Item(kind, clock.due(t), position(t), payload, keyframe)
-            self._wait_until(item.due - AHEAD_SECONDS)
+            self._wait_until(item.due - self.ahead)
             put(item)
             self.last_due = max(self.last_due, item.due)
             self.last_position = item.position

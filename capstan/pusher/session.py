@@ -13,7 +13,10 @@ fails (403 Status 2, status.result, exit code 3 so the operator fails the task w
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -27,8 +30,9 @@ from capstan.media.naming import MediaId
 from capstan.net.urlpolicy import Resolver, UrlPolicy
 from capstan.operator.phases import EXIT_TASK_REFUSED
 from capstan.pusher import progress as progressing
+from capstan.pusher.pacing import AudioSchedule
 from capstan.pusher.progress import ProgressRecord, RedisProgress, StartPlan
-from capstan.pusher.pump import AUDIO_FRAME, AUDIO_RATE, Ended, Item, Reader
+from capstan.pusher.pump import AHEAD_SECONDS, AUDIO_FRAME, AUDIO_RATE, RUN_GAP_SECONDS, Ended, Item, Reader
 from capstan.pusher.source import SourceError, SourceInfo, describe, open_container, probe
 from capstan.rooms.base import AudioOutput, Publisher, RoomBackend, VideoOutput
 from capstan.worker import metrics
@@ -40,8 +44,10 @@ PROGRESS_SECONDS = float(os.environ.get("CAPSTAN_PUSH_PROGRESS_SECONDS", "1"))
 JOIN_TIMEOUT = 45.0
 # Bench and tests: decode and re-encode even where pass-through would do.
 FORCE_REENCODE = os.environ.get("CAPSTAN_PUSH_REENCODE") == "1"
-VIDEO_THREAD = os.environ.get("CAPSTAN_PUSH_VIDEO_THREAD") == "1"  # see PushSession's pacing (off: sync first)
-FEEDBACK_SECONDS = 0.2  # how often the paced video thread asks the publisher for keyframe requests
+# One thread paces pictures and sound where the outputs allow it (see PushSession._push); 0: the loop does.
+PACING_THREAD = os.environ.get("CAPSTAN_PUSH_VIDEO_THREAD", "1") != "0"
+FEEDBACK_SECONDS = 0.2  # how often the video sender asks the publisher for keyframe requests
+LIVE_JITTER_SECONDS = 0.2  # a live source's blocks may come this much late without losing sound
 
 
 @dataclass
@@ -127,20 +133,24 @@ class PushSession:
         loop = asyncio.get_running_loop()
         queues: dict[str, asyncio.Queue[Item | Ended]] = {"video": asyncio.Queue(), "audio": asyncio.Queue()}
         ended: asyncio.Future[Ended] = loop.create_future()
-        # A video output that may be written from any (single) thread gets its own pacing thread:
-        # the reader hands it the pictures directly and it sleeps to each one's due time, so the
-        # event loop never wakes for a picture (LiveKit: a synchronous FFI call per picture).
-        # Off unless CAPSTAN_PUSH_VIDEO_THREAD=1: with pictures paced apart from the sound, a loaded
-        # event loop let the sound fall 0.48 s behind the pictures (a CI run); on one loop both lag alike.
+        outputs: list[Any] = [o for o in (video, audio) if o is not None]
+        scheduled = audio is not None and hasattr(audio, "send") and hasattr(audio, "cushion")
+        schedule = (AudioSchedule(AUDIO_RATE, getattr(audio, "lead", 0.0), getattr(audio, "cushion", 0.0))
+                    if scheduled else None)
+        # Where every output may be written from any (single) thread (LiveKit: capture_frame is a
+        # synchronous FFI request), one pacing thread sends both tracks: the reader hands it the
+        # items directly and it sleeps to each one's time, so the event loop wakes for none of them,
+        # and pictures and sound are timed by the same clock — a stalled loop delays neither.
+        # CAPSTAN_PUSH_VIDEO_THREAD=0 paces them on the loop instead.
         direct: queue.SimpleQueue[Item | Ended] | None = (
-            queue.SimpleQueue() if VIDEO_THREAD and video is not None and getattr(video, "thread_safe", False)
-            else None)
+            queue.SimpleQueue() if PACING_THREAD and outputs and all(getattr(o, "thread_safe", False) for o in outputs)
+            and (audio is None or scheduled) else None)
         halted = threading.Event()
 
         def put(item: Item | Ended) -> None:
-            if direct is not None and (isinstance(item, Ended) or item.kind == "video"):
-                if isinstance(item, Item):
-                    metrics.RECEIVED[item.kind].inc()
+            if isinstance(item, Item):
+                metrics.RECEIVED[item.kind].inc()
+            if direct is not None:
                 direct.put(item)
                 if isinstance(item, Item):
                     return
@@ -152,38 +162,45 @@ class PushSession:
                     for q in queues.values():
                         q.put_nowait(item)
                 else:
-                    metrics.RECEIVED[item.kind].inc()
                     queues[item.kind].put_nowait(item)
             loop.call_soon_threadsafe(deliver)
 
+        audio_ahead = schedule.lead + schedule.cushion if schedule is not None else 0.0
+        audio_frame = getattr(audio, "frame_samples", AUDIO_FRAME)
+        # A live source is read as it comes: its runs start late enough for a whole block of sound to
+        # be read and written a cushion ahead of its time (else every block would be late).
+        run_gap = RUN_GAP_SECONDS + (audio_ahead + audio_frame / AUDIO_RATE + LIVE_JITTER_SECONDS
+                                     if self.live and schedule is not None else 0.0)
         reader = Reader(container, info, pass_through=pass_through, live=self.live, loop=self.spec.loop,
                         start=plan.position, reopen=self._open,
                         reconnect_seconds=float(self.spec.live_reconnect_seconds),
-                        audio_frame=getattr(audio, "frame_samples", AUDIO_FRAME),
+                        audio_frame=audio_frame, ahead=AHEAD_SECONDS + audio_ahead, run_gap=run_gap,
                         on_note=lambda m: self.worker.report(message=m))
         thread = threading.Thread(target=reader.run, args=(put,), name="push-reader", daemon=True)
         thread.start()
         senders: list[asyncio.Future[Any]] = []
-        video_thread: threading.Thread | None = None
-        if video is not None and direct is not None:
-            video_done: asyncio.Future[None] = loop.create_future()
+        pacer: threading.Thread | None = None
+        if direct is not None:
+            paced: asyncio.Future[None] = loop.create_future()
 
-            def video_ended() -> None:
-                if not video_done.done():
-                    video_done.set_result(None)
+            def pacing_ended() -> None:
+                if not paced.done():
+                    paced.set_result(None)
 
-            def send_video() -> None:
+            def pace() -> None:
                 try:
-                    self._send_video_paced(direct, video, pass_through, halted)
+                    self._pace(direct, video, audio, schedule, pass_through, halted)
                 finally:
-                    loop.call_soon_threadsafe(video_ended)
-            video_thread = threading.Thread(target=send_video, name="push-video", daemon=True)
-            video_thread.start()
-            senders.append(video_done)
-        elif video is not None:
-            senders.append(asyncio.create_task(self._send_video(queues["video"], video, pass_through)))
-        if audio is not None:
-            senders.append(asyncio.create_task(self._send_audio(queues["audio"], audio, video is None)))
+                    loop.call_soon_threadsafe(pacing_ended)
+            pacer = threading.Thread(target=pace, name="push-pacer", daemon=True)
+            pacer.start()
+            senders.append(paced)
+        else:
+            if video is not None:
+                senders.append(asyncio.create_task(self._send_video(queues["video"], video, pass_through)))
+            if audio is not None:
+                senders.append(asyncio.create_task(self._send_audio(queues["audio"], audio, schedule,
+                                                                    video is None)))
         what = (f"{'pass-through H.264' if pass_through else 're-encoded video'} {info.size[0]}x{info.size[1]}"
                 if info.size else "no video") + (", audio" if info.has_audio else ", no audio")
         await self._started(plan, what)
@@ -199,8 +216,11 @@ class PushSession:
                 task.cancel()
             await asyncio.gather(*senders, saver, stopper, return_exceptions=True)
             await asyncio.to_thread(thread.join, 15)
-            if video_thread is not None:
-                await asyncio.to_thread(video_thread.join, 5)
+            if pacer is not None:
+                await asyncio.to_thread(pacer.join, 5)
+        if schedule is not None and (schedule.skipped or schedule.padded):
+            log.info("audio schedule: %.2f s of late sound dropped, %.2f s of silence put before early sound",
+                     schedule.skipped / AUDIO_RATE, schedule.padded / AUDIO_RATE)
         if stopper in done:
             return Outcome(PushStopStatus.stopped, self.worker.stop_reason or "stopped")
         end = ended.result() if ended.done() else Ended("the push ended without its source ending")
@@ -209,57 +229,90 @@ class PushSession:
         return Outcome(PushStopStatus.ended, "the source ended")
 
     async def _send_video(self, queue: asyncio.Queue[Item | Ended], out: VideoOutput, encoded: bool) -> None:
+        next_feedback = 0.0
         while True:
             item = await queue.get()
             if isinstance(item, Ended):
                 return
             await _until(item.due)
-            if encoded:
-                out.write_encoded(item.payload, keyframe=item.keyframe, time=item.due)
+            next_feedback = self._write_video(out, item, encoded, next_feedback)
+
+    def _write_video(self, out: VideoOutput, item: Item, encoded: bool, next_feedback: float) -> float:
+        """One picture to the room; keyframe requests are asked for a few times a second (they are
+        answered by the source's next keyframe whenever they came). The next time to ask."""
+        if encoded:
+            out.write_encoded(item.payload, keyframe=item.keyframe, time=item.due)
+            if item.due >= next_feedback:
+                next_feedback = item.due + FEEDBACK_SECONDS
                 if out.keyframe_requested():
-                    self.keyframe_requests += 1  # answered by the source's next keyframe
-            else:
-                out.write(item.payload, item.due)
-            self.position = item.position
-            _sent("video", item, position=True)
+                    self.keyframe_requests += 1
+        else:
+            out.write(item.payload, item.due)
+        self.position = item.position
+        _sent("video", item, item.due, position=True)
+        return next_feedback
 
-    def _send_video_paced(self, items: queue.SimpleQueue[Item | Ended], out: VideoOutput, encoded: bool,
-                          halted: threading.Event) -> None:
-        """The video sender on its own thread (outputs with ``thread_safe``): waits for each picture's
-        due time with one sleep, writes it, and asks for keyframe requests a few times a second
-        (they are answered by the source's next keyframe whenever they came)."""
+    def _write_audio(self, out: Any, schedule: AudioSchedule, item: Item, tracks_position: bool) -> None:
+        at = schedule.write_at(item.due)
+        silence, skip = schedule.place(item.due, item.payload.samples, time.time())
+        out.send(item.payload, silence, skip)
+        if tracks_position:
+            self.position = item.position
+        _sent("audio", item, at, position=tracks_position)
+
+    def _pace(self, items: queue.SimpleQueue[Item | Ended], video: VideoOutput | None, audio: Any,
+              schedule: AudioSchedule | None, encoded: bool, halted: threading.Event) -> None:
+        """Both tracks on one thread: sleeps until the next picture's due time or the next block of
+        sound's write time, whichever comes first, and takes what the reader handed over meanwhile
+        (it reads ahead, so nothing waits on it; the thread wakes once per item sent)."""
+        pictures: collections.deque[Item] = collections.deque()
+        sounds: collections.deque[Item] = collections.deque()
+        ended = False
         next_feedback = 0.0
-        while not halted.is_set():
-            try:
-                item = items.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if isinstance(item, Ended):
-                return
-            wait = item.due - time.time()
-            if wait > 0 and halted.wait(wait):
-                return
-            if encoded:
-                out.write_encoded(item.payload, keyframe=item.keyframe, time=item.due)
-                if item.due >= next_feedback:
-                    next_feedback = item.due + FEEDBACK_SECONDS
-                    if out.keyframe_requested():
-                        self.keyframe_requests += 1
-            else:
-                out.write(item.payload, item.due)
-            self.position = item.position
-            _sent("video", item, position=True)
 
-    async def _send_audio(self, queue: asyncio.Queue[Item | Ended], out: AudioOutput, tracks_position: bool) -> None:
+        def take(got: Item | Ended) -> bool:
+            if isinstance(got, Ended):
+                return True
+            (pictures if got.kind == "video" else sounds).append(got)
+            return ended
+
+        while not halted.is_set():
+            while True:
+                try:
+                    ended = take(items.get_nowait())
+                except queue.Empty:
+                    break
+            if not pictures and not sounds:
+                if ended:
+                    return
+                with contextlib.suppress(queue.Empty):
+                    ended = take(items.get(timeout=0.2))
+                continue
+            at_video = pictures[0].due if pictures else math.inf
+            at_audio = schedule.write_at(sounds[0].due) if sounds and schedule is not None else math.inf
+            wait = min(at_video, at_audio) - time.time()
+            if wait > 0:
+                halted.wait(min(wait, 0.1))
+            elif at_video <= at_audio and video is not None:
+                next_feedback = self._write_video(video, pictures.popleft(), encoded, next_feedback)
+            elif schedule is not None:
+                self._write_audio(audio, schedule, sounds.popleft(), video is None)
+
+    async def _send_audio(self, queue: asyncio.Queue[Item | Ended], out: AudioOutput,
+                          schedule: AudioSchedule | None, tracks_position: bool) -> None:
         while True:
             item = await queue.get()
             if isinstance(item, Ended):
                 return
+            if schedule is not None:
+                await _until(schedule.write_at(item.due))
+                self._write_audio(out, schedule, item, tracks_position)
+                continue
             await _until(item.due - out.latency)  # the backend's queue delays it: written that much ahead
             await out.write(item.payload)
             if tracks_position:
                 self.position = item.position
-            _sent("audio", item, position=tracks_position)
+            _sent("audio", item, item.due - out.latency, position=tracks_position)
 
     async def _wait_stop(self) -> None:
         while not self.worker.stop_event.is_set():
@@ -325,9 +378,10 @@ class PushSession:
             self.redis.close()
 
 
-def _sent(track: str, item: Item, position: bool) -> None:
+def _sent(track: str, item: Item, planned: float, position: bool) -> None:
+    """`planned`: when the item was to be handed to the room (audio is written ahead of its due time)."""
     metrics.SENT[track].inc()
-    metrics.DRIFT[track].set(time.time() - item.due)
+    metrics.DRIFT[track].set(time.time() - planned)
     if position:
         metrics.PUSH_POSITION.set(item.position)
 

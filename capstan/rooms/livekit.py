@@ -63,7 +63,6 @@ AUDIO_RATE = 48000
 # dropped pictures ("native video stream queue overflow"). Half a second at 30 fps; bounded, so a
 # subscriber that falls behind for good still drops instead of growing without limit.
 VIDEO_QUEUE_FRAMES = 15
-AUDIO_QUEUE_MS = 200  # what an audio source buffers before it sends
 AUDIO_MAX_LAG = 1.0  # an audio frame this late re-anchors the sample clock (the sender paused)
 
 _DR = rtc.DisconnectReason
@@ -379,26 +378,65 @@ class _VideoOutput:
 
 
 class _AudioOutput:
-    # AudioSource sends from its queue (queue_size_ms); measured at a subscriber: sound written
-    # at the same moment as a picture arrives ≈ 0.25 s after it with the 200 ms queue.
-    latency = AUDIO_QUEUE_MS / 1000 + 0.05
-    # Samples per write: 20 ms. Larger blocks (the source takes any multiple of 10 ms) would save
-    # FFI requests and completion events, but a block is only made once all of it is read, which
-    # eats into the reader's lead, and 100 ms blocks put the sound 0.05-0.35 s behind the
-    # pictures now and then on a loaded machine (tests/pusher/test_push_session.py).
+    """A published audio track: ``AudioSource`` sends 10 ms every 10 ms of its native clock from its
+    queue. The pusher keeps that queue in step with its pictures itself
+    (capstan/pusher/pacing.py): it writes 100 ms blocks ``cushion`` ahead of the time each must
+    leave, ``lead`` before its due time, with :meth:`send` — one synchronous FFI request, callable
+    off the event loop."""
+
+    # A sample that leaves `lead` before its due time reaches a subscriber with the picture due at
+    # the same time (the audio path is that much longer: Opus framing, the subscriber's jitter buffer).
+    lead = 0.035
+    cushion = 0.25  # sound kept in the source's queue: a writer stall shorter than this is harmless
+    thread_safe = True
+    # send() never waits for the queue to drain (the request completes at once while the queue holds
+    # at most its size; the schedule keeps it at cushion + one block + silence up to cushion) and the
+    # next capture would be refused if one were still waiting: so the queue is far larger than that.
+    queue_ms = 1000
+    latency = lead + cushion  # write() (the loop's own pacing) writes this far ahead
 
     def __init__(self, source: Any, track: Any) -> None:
         self.source, self.track = source, track
-        self.frame_samples: int = source.sample_rate // 50
+        # Samples per block: 100 ms (the source takes any multiple of 10 ms): a fifth of the FFI
+        # requests and completion events of 20 ms blocks.
+        self.frame_samples: int = source.sample_rate // 10
         self.sid: str | None = None
 
-    async def write(self, frame: av.AudioFrame) -> None:
+    def _pcm(self, frame: av.AudioFrame) -> np.ndarray:
         if frame.format.name != "s16" or frame.sample_rate != self.source.sample_rate:
             frame = av.AudioResampler(format="s16", layout="mono" if self.source.num_channels == 1 else "stereo",
                                       rate=self.source.sample_rate).resample(frame)[0]
-        pcm = frame.to_ndarray().tobytes()
-        samples = frame.samples
-        await self.source.capture_frame(rtc.AudioFrame(pcm, frame.sample_rate, self.source.num_channels, samples))
+        count = frame.samples * self.source.num_channels
+        return np.frombuffer(memoryview(frame.planes[0]), dtype=np.int16, count=count)  # type: ignore[call-overload]
+
+    def send(self, frame: av.AudioFrame, silence: int = 0, skip: int = 0) -> None:
+        """`silence` samples of silence, then `frame` less its first `skip` samples, into the source's
+        queue with one FFI request (it copies the samples before it returns; its completion event is
+        not waited for)."""
+        from livekit.rtc._ffi_client import FfiClient
+        from livekit.rtc._proto import ffi_pb2
+
+        channels = self.source.num_channels
+        pcm = self._pcm(frame)[skip * channels:]
+        if silence:
+            pcm = np.concatenate((np.zeros(silence * channels, dtype=np.int16), pcm))
+        handle = self.source._ffi_handle
+        if not len(pcm) or handle.disposed:
+            return
+        req = ffi_pb2.FfiRequest()
+        capture = req.capture_audio_frame
+        capture.source_handle = handle.handle
+        capture.buffer.data_ptr = pcm.ctypes.data
+        capture.buffer.sample_rate = self.source.sample_rate
+        capture.buffer.num_channels = channels
+        capture.buffer.samples_per_channel = len(pcm) // channels
+        FfiClient.instance.request(req)
+
+    async def write(self, frame: av.AudioFrame) -> None:
+        pcm = self._pcm(frame)
+        samples = len(pcm) // self.source.num_channels
+        await self.source.capture_frame(rtc.AudioFrame(pcm.tobytes(), self.source.sample_rate,
+                                                       self.source.num_channels, samples))
 
 
 class LiveKitPublisher:
@@ -437,7 +475,7 @@ class LiveKitPublisher:
     async def add_audio(self, media: MediaId, sample_rate: int = AUDIO_RATE, channels: int = 1) -> Any:
         source_kind = (rtc.TrackSource.SOURCE_SCREENSHARE_AUDIO if media is MediaId.AUX
                        else rtc.TrackSource.SOURCE_MICROPHONE)
-        source = rtc.AudioSource(sample_rate, channels, queue_size_ms=AUDIO_QUEUE_MS)
+        source = rtc.AudioSource(sample_rate, channels, queue_size_ms=_AudioOutput.queue_ms)
         track = rtc.LocalAudioTrack.create_audio_track(f"{media.value}-audio", source)
         output = _AudioOutput(source, track)
         await self._publish(output, rtc.TrackPublishOptions(source=source_kind))
