@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 import urllib.parse
 import uuid
@@ -16,6 +17,7 @@ import pytest
 from kubernetes import client
 
 from capstan.api import GROUP, VERSION
+from capstan.operator.config import FINALIZER
 from capstan.worker.base import TIMEOUT
 from devstack import podrunner
 from devstack.harness import OperatorProcess
@@ -127,10 +129,12 @@ def test_an_api_outage_at_the_end_loses_none_of_the_closing_events(stack, kube_a
 
 def test_a_task_created_while_the_operators_writes_fail_is_accepted_after(stack, kube_api, slow_api_namespace,
                                                                            tmp_path):
-    """The operator's API requests are cut for 6 s just as a task is created (its watch, already
-    streaming, still brings the task): the pass that fails is retried with backoff, so the task is
+    """The operator's API requests are cut for 6 s just as tasks are created (its watch, already
+    streaming, still brings them): the pass that fails is retried with backoff, so the task is
     accepted and runs, although no later event of the task comes to trigger a pass (kopf drops a
-    failed event handler's event)."""
+    failed event handler's event). That task carries the finalizer from its creation (restored from
+    a backup, applied as exported), so its first pass runs at once; a task without it waits for
+    kopf's finalizer PATCH, which kopf retries itself, and is accepted after it too."""
     import yaml
 
     namespace, proxy = slow_api_namespace
@@ -150,9 +154,16 @@ def test_a_task_created_while_the_operators_writes_fail_is_accepted_after(stack,
         wait_for(lambda: proxy.connections >= 5, 60, what="the operator's watches open")
         time.sleep(2)
         proxy.outage(6)
-        tasks.create(recording("late"))
+        late = recording("late")
+        late["metadata"]["finalizers"] = [FINALIZER]
+        tasks.create(late)
+        tasks.create(recording("later"))
         st = tasks.wait_phase("late", "idle", timeout=90)
         assert st["taskId"] and proxy.cut >= 1
-        assert "reconcile failed" in operator.log(), operator.log()[-3000:]
+        assert "late: reconcile failed" in operator.log(), operator.log()[-3000:]
+        st = tasks.wait_phase("later", "idle", timeout=90)
+        assert st["taskId"]
+        assert re.search(r"Request attempt #1/\d+ failed; will retry: PATCH \S+/cloudrecordings/later ",
+                         operator.log()), operator.log()[-3000:]
     finally:
         operator.stop()

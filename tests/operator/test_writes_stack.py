@@ -23,7 +23,7 @@ DIFFBASE = "capstan.dev/last-handled-configuration"
 class Versions:
     """Every version of every task in the namespace, in the order the API server wrote them."""
 
-    def __init__(self, tasks) -> None:
+    def __init__(self, tasks) -> None:  # noqa: F811
         self.tasks, self.seen, self.stop = tasks, [], threading.Event()
         self.errors: list[Exception] = []
         listed = tasks.api.list_namespaced_custom_object(GROUP, VERSION, tasks.ns, "cloudrecordings",
@@ -57,7 +57,7 @@ def _metadata(obj: dict[str, Any]) -> tuple:
             meta.get("deletionTimestamp"))
 
 
-def test_the_finalizer_comes_first_and_kopf_keeps_no_diff_base(operator_factory, tasks):
+def test_the_finalizer_comes_first_and_kopf_keeps_no_diff_base(operator_factory, tasks):  # noqa: F811
     operator_factory(CAPSTAN_MAX_TASKS="1")
     versions = Versions(tasks)
     try:
