@@ -193,9 +193,9 @@ def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
             plan.set(view, key, value)
         if decision.event:
             plan.events.append(decision.event)
-    if stop_seen_now and not plan.freed:
-        # A stop that ends the task in this very pass (a queued task canceled) is told by that end's
-        # own Event (`Canceled`: stopped before the worker started), not by a second one beside it.
+    if stop_seen_now and plan.status.get("phase") != Phase.canceled.value:
+        # A stop that cancels the task in this very pass (it was queued, or its Pod never started) is
+        # told by that Event (`Canceled`: stopped before the worker started), not by a second one beside it.
         plan.events.insert(stop_event_at, ("Normal", "StopRequested", "stop requested; worker finishing"))
     _readiness(task, plan)
     if plan.status:
