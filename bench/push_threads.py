@@ -4,7 +4,7 @@ the end) from /proc/self/task/*/stat, and the LiveKit FFI requests and events pe
 
     python -m bench.push_threads            # both sides, printed (nothing written)
 
-Python threads are named by their ``threading`` name (``py:push-reader``, ``py:push-video``,
+Python threads are named by their ``threading`` name (``py:push-reader``, ``py:push-pacer``,
 ``python-main`` for the event loop); the others are the native ones of the LiveKit SDK and
 libwebrtc (``tokio-rt-worker``, ``network_thread``, ``AudioEncoderQue`` …). A native thread that
 runs a Python callback of the SDK (its FFI events) counts that Python time as its own. The
