@@ -18,9 +18,9 @@ from capstan.api import GROUP, KINDS, VERSION, KindInfo
 from capstan.operator import children, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, PREFIX, OperatorConfig
-from capstan.operator.kopf_persistence import UnchangedDiffBase, awaits_finalizer
+from capstan.operator.kopf_persistence import UnchangedDiffBase
 from capstan.operator.phases import PodObservation
-from capstan.operator.reconcile import finish, retry, task, worker
+from capstan.operator.reconcile import admit, finish, retry, task, worker
 from capstan.operator.reconcile.state import OperatorState
 
 CONFIG = OperatorConfig.from_env()
@@ -82,12 +82,14 @@ def register(info: KindInfo) -> None:
 
     # Indexes: kopf runs no handler before every index is filled, so the quota and the Pod
     # lookup are complete from the first decision on (an operator restart admits nobody twice).
+    # Async (on kopf's event loop): they only copy fields, and each event of a burst would otherwise
+    # wait for a handler thread behind the reconcile passes.
     @kopf.index(GROUP, VERSION, plural, id=queue_id)
-    def queue_index(body: kopf.Body, **_: Any) -> dict:
+    async def queue_index(body: kopf.Body, **_: Any) -> dict:
         return {body["metadata"]["uid"]: task.queue_entry(dict(body))}
 
     @kopf.index("", "v1", "pods", labels=pod_filter, id=pods_id)
-    def pod_index(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict:
+    async def pod_index(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict:
         return {(meta["namespace"], children.owning_task(meta)): worker.pod_summary(dict(body))}
 
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-reconcile")
@@ -99,8 +101,6 @@ def register(info: KindInfo) -> None:
             if _has_free_place(state, plural, entries):
                 task.admit_waiting(state, info, lookup(kwargs), entries)
             return
-        if awaits_finalizer(body, FINALIZER):
-            return  # kopf adds it after this handler; that write's event brings the first pass
         run(state, _plain(body), kwargs)
 
     @kopf.on.event("", "v1", "pods", labels=pod_filter, id=f"{plural}-worker-pod")
@@ -123,7 +123,10 @@ def register(info: KindInfo) -> None:
     def callback_retry(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         run(memo.capstan, _plain(body), kwargs)
 
-    @kopf.on.delete(GROUP, VERSION, plural, id=f"{plural}-finalize")
+    # Only a task that holds (or held) a place, or owes callbacks, is kept from deletion by the
+    # finalizer; a queued task goes at once and costs no finalizer writes (kopf_persistence).
+    @kopf.on.delete(GROUP, VERSION, plural, id=f"{plural}-finalize",
+                    when=lambda status, **_: _needs_finalizer(status))
     def finalize(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
         waiting = finish.finalize(memo.capstan, info, _plain(body), lookup(kwargs))
         if waiting:
@@ -141,6 +144,10 @@ def _has_free_place(state: OperatorState, plural: str, entries: Any) -> bool:
     with kind.quota_lock:
         view = kind.quota.view(list(entries()))
         return kind.quota.free(view) > 0 and bool(kind.quota.waiting(view))
+
+
+def _needs_finalizer(status: kopf.Status) -> bool:
+    return admit.is_admitted(dict(status)) or _callbacks_waiting(status)
 
 
 def _holds_place(status: kopf.Status) -> bool:

@@ -8,18 +8,20 @@
   (`spec.subscribe`, `spec.paused`, ...). So kopf is told nothing ever changed: no annotation, no
   PATCH. Its on.delete handler does not need a diff (deletion is seen from `deletionTimestamp`).
   A change handler added later would never fire: use a real diff-base storage then.
-- **The finalizer first.** kopf adds its finalizer with a JSON patch conditional on the
-  resourceVersion of the event it saw, after that event's on.event handlers ran. A first
-  reconcile pass that wrote the status in the same cycle made that patch fail (HTTP 422) and kopf
-  try again on the next cycle: two PATCHes more per task. So a new task's first pass waits for the
-  finalizer: kopf's patch brings a watch event of its own, and that one is reconciled. (If the
-  patch keeps failing, kopf retries it and at last stops the operator: nothing waits silently.)
+- **The finalizer at admission.** Only a task that holds (or held) a place in the quota, or owes
+  callbacks, needs its deletion held up (its worker stores its files; its last callbacks go out);
+  so the on.delete handler is filtered on that (`when=`) and kopf neither adds nor needs a
+  finalizer for a task that only waits in the queue: at a burst of 1,000 creates beyond the quota,
+  900 PATCHes fewer, and a queued task is deleted at once. The admission puts the finalizer on
+  itself (`kube.add_finalizer`, a JSON patch on the exact resourceVersion) in the same parallel
+  round as the worker's first children, and creates the Pod only once it holds: a task deleted in
+  between gets no worker. kopf, seeing the filter now match, finds the finalizer there (or adds the
+  same one: the conditional patch of whichever comes second is refused and read again). Before,
+  kopf added it at the first event, and the first pass had to wait for that write (it conflicted
+  with the accept write: HTTP 422, and kopf sent its patch again).
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from typing import Any
 
 import kopf
 
@@ -34,10 +36,3 @@ class UnchangedDiffBase(kopf.DiffBaseStorage):
     def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
         return None
 
-
-def awaits_finalizer(body: Mapping[str, Any], finalizer: str) -> bool:
-    """Whether a task's pass should wait for kopf to add `finalizer` (see the module doc): a task not
-    yet accepted, not being deleted, without the finalizer."""
-    meta = body.get("metadata") or {}
-    return (finalizer not in (meta.get("finalizers") or []) and not meta.get("deletionTimestamp")
-            and not (body.get("status") or {}).get("taskId"))

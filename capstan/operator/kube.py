@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -22,9 +24,10 @@ from capstan.operator.config import LABEL_TASK
 
 TIMEOUT = 10
 # HTTP connections kept to the API server: at least kopf's handler threads (execution.max_workers)
-# plus the callback dispatcher. The client's default (5 per CPU) made a burst of handlers open and
+# plus the callback dispatcher, the admission, children and backlog pools (reconcile.state). The
+# client's default (5 per CPU) made a burst of handlers open and
 # throw away a TLS connection per request once the pool was full.
-CONNECTION_POOL_SIZE = 48
+CONNECTION_POOL_SIZE = 96
 log = logging.getLogger(__name__)
 
 
@@ -71,12 +74,19 @@ def _delete(fn, name: str, namespace: str, **kwargs: Any) -> None:
             raise
 
 
-def ensure_identity(info: KindInfo, body: dict[str, Any]) -> None:
-    """The worker's ServiceAccount, Role and RoleBinding (before its Pod: admission needs the SA)."""
-    ns = body["metadata"]["namespace"]
-    _create(core().create_namespaced_service_account, ns, children.service_account(info, body))
-    _create(rbac().create_namespaced_role, ns, children.role(info, body))
-    _create(rbac().create_namespaced_role_binding, ns, children.role_binding(info, body))
+def ensure_service_account(info: KindInfo, body: dict[str, Any]) -> None:
+    """The worker's identity (before its Pod: ServiceAccount admission refuses a Pod without it)."""
+    _create(core().create_namespaced_service_account, body["metadata"]["namespace"],
+            children.service_account(info, body))
+
+
+def ensure_role(info: KindInfo, body: dict[str, Any]) -> None:
+    _create(rbac().create_namespaced_role, body["metadata"]["namespace"], children.role(info, body))
+
+
+def ensure_role_binding(info: KindInfo, body: dict[str, Any]) -> None:
+    """After its Role: RBAC refuses a binding to rules it cannot see (the operator has no `bind`)."""
+    _create(rbac().create_namespaced_role_binding, body["metadata"]["namespace"], children.role_binding(info, body))
 
 
 def ensure_spool(claim: dict[str, Any]) -> None:
@@ -147,6 +157,39 @@ def read_task(info: KindInfo, namespace: str, name: str) -> dict[str, Any] | Non
         raise
 
 
+def add_finalizer(info: KindInfo, body: dict[str, Any], finalizer: str) -> bool:
+    """Put `finalizer` on the task seen as `body`, unless it is there; False if the task is being
+    deleted or gone (a deleted object takes no new finalizer: start nothing for it).
+
+    A JSON patch on the exact resourceVersion, so no other finalizer is lost and none doubled (kopf
+    may add the same one from the watch event of the admission write); on a conflict it reads again."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    for _ in range(5):
+        if meta.get("deletionTimestamp"):
+            return False
+        present = list(meta.get("finalizers") or [])
+        if finalizer in present:
+            return True
+        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
+                 {"op": "add", "path": "/metadata/finalizers", "value": [*present, finalizer]}]
+        try:
+            answer: Any = custom().patch_namespaced_custom_object(
+                GROUP, VERSION, ns, info.plural, name, patch, _content_type="application/json-patch+json",
+                _request_timeout=TIMEOUT, _preload_content=False)
+            answer.read()
+            answer.release_conn()
+            return True
+        except ApiException as exc:
+            if exc.status not in (409, 422):
+                raise
+        fresh = read_task(info, ns, name)
+        if fresh is None:
+            return False
+        meta = fresh["metadata"]
+    raise RuntimeError(f"{ns}/{name} changed under 5 finalizer patches in a row")
+
+
 def patch_task_status(info: KindInfo, namespace: str, name: str, status: dict[str, Any],
                       resource_version: str | None = None) -> dict[str, Any]:
     """Merge-patch the task's status; the object after the write.
@@ -190,14 +233,33 @@ def _get_secret(namespace: str, name: str) -> Any:
         raise
 
 
+# A Secret read for one attempt serves the attempts started within this many seconds too: a burst
+# of admissions naming the same credentials (one room server, one bucket) reads them once, not
+# once per task before each task's first write (issue 11). A rotated Secret is seen after it.
+SECRET_REUSE_SECONDS = 3.0
+_recent_secrets: dict[tuple[str, str], tuple[float, Any]] = {}
+_recent_lock = threading.Lock()
+
+
 def secret_reader(namespace: str) -> Callable[[str, str], str]:
     """`read_secret_key` for one piece of work (starting an attempt): each Secret is fetched once
-    however many of its keys are read (it was one GET per key)."""
+    however many of its keys are read (it was one GET per key), and reused for a few seconds
+    (`SECRET_REUSE_SECONDS`). A missing one is not remembered."""
     fetched: dict[str, Any] = {}
 
     def fetch(name: str) -> Any:
         if name not in fetched:
-            fetched[name] = _get_secret(namespace, name)
+            now = time.monotonic()
+            with _recent_lock:
+                recent = _recent_secrets.get((namespace, name))
+            if recent is not None and now - recent[0] < SECRET_REUSE_SECONDS:
+                fetched[name] = recent[1]
+            else:
+                fetched[name] = _get_secret(namespace, name)
+                with _recent_lock:
+                    _recent_secrets[(namespace, name)] = (now, fetched[name])
+                    for key in [k for k, (at, _) in _recent_secrets.items() if now - at >= SECRET_REUSE_SECONDS]:
+                        del _recent_secrets[key]
         return fetched[name]
 
     return lambda name, key: read_secret_key(namespace, name, key, fetch)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import kopf
 
-from capstan.operator.config import FINALIZER
-from capstan.operator.kopf_persistence import UnchangedDiffBase, awaits_finalizer
+from capstan.operator.kopf_persistence import UnchangedDiffBase
 from capstan.operator.phase_events import phase_change
 
 
@@ -19,16 +18,6 @@ def test_kopf_sees_no_change_and_stores_nothing():
     patch = kopf.Patch()
     storage.store(body=after, patch=patch, essence=storage.build(body=after))
     assert not patch  # nothing written to the object
-
-
-def test_a_new_task_waits_for_the_finalizer_and_nothing_else_does():
-    new = {"metadata": {"name": "t"}}
-    assert awaits_finalizer(new, FINALIZER)
-    assert not awaits_finalizer({"metadata": {"name": "t", "finalizers": [FINALIZER]}}, FINALIZER)
-    assert awaits_finalizer({"metadata": {"name": "t", "finalizers": ["other"]}}, FINALIZER)
-    # being deleted, or accepted already (a finalizer removed by hand): decided on at once
-    assert not awaits_finalizer({"metadata": {"name": "t", "deletionTimestamp": "2026-01-01T00:00:00Z"}}, FINALIZER)
-    assert not awaits_finalizer({"metadata": {"name": "t"}, "status": {"taskId": "x"}}, FINALIZER)
 
 
 def test_phase_changed_only_where_no_other_event_says_it():

@@ -1,6 +1,6 @@
 """What the operator writes to a task object (issue 11: API writes per task), seen from a watch of
-every version of the objects on the real API server: kopf's finalizer is added before the first
-status write (which made kopf's conditional finalizer patch fail and be sent again), kopf keeps no
+every version of the objects on the real API server: the finalizer is put on a task when it is
+admitted, before its worker runs, and never on a task that only waited in the queue; kopf keeps no
 last-handled configuration (an object PATCH at creation and one at every spec edit), and spec
 edits are still seen (`spec.stop` ends a queued and a running task)."""
 
@@ -57,7 +57,7 @@ def _metadata(obj: dict[str, Any]) -> tuple:
             meta.get("deletionTimestamp"))
 
 
-def test_the_finalizer_comes_first_and_kopf_keeps_no_diff_base(operator_factory, tasks):  # noqa: F811
+def test_the_finalizer_only_on_admitted_tasks_and_kopf_keeps_no_diff_base(operator_factory, tasks):  # noqa: F811
     operator_factory(CAPSTAN_MAX_TASKS="1")
     versions = Versions(tasks)
     try:
@@ -75,20 +75,23 @@ def test_the_finalizer_comes_first_and_kopf_keeps_no_diff_base(operator_factory,
     finally:
         versions.stop.set()
 
-    for name in ("runs", "waits"):
+    for name, finalizer_writes in (("runs", 1), ("waits", 0)):
         seen = versions.of(name)
         assert seen and not seen[0].get("status"), seen[:1]
-        accepted = next(i for i, v in enumerate(seen) if (v.get("status") or {}).get("taskId"))
-        # The first status write lands on the version kopf's finalizer patch made: that patch was
-        # not refused for a newer resourceVersion (the operator's own status write) and sent again.
-        assert FINALIZER in seen[accepted]["metadata"].get("finalizers", []), seen[accepted]["metadata"]
-        assert FINALIZER in seen[accepted - 1]["metadata"].get("finalizers", [])
-        assert not (seen[accepted - 1].get("status") or {}), seen[accepted - 1]
-        # The object's metadata changed once: the finalizer. No diff-base annotation at creation nor at the stop.
+        # No diff-base annotation at creation nor at the stop; the metadata changed only by the finalizer.
         assert not any(DIFFBASE in (v["metadata"].get("annotations") or {}) for v in seen), name
         changes = sum(1 for a, b in zip(seen, seen[1:], strict=False) if _metadata(a) != _metadata(b))
-        assert changes == 1, [(v["metadata"].get("finalizers"), v["metadata"].get("annotations")) for v in seen]
+        assert changes == finalizer_writes, [(v["metadata"].get("finalizers"), v["metadata"].get("annotations"))
+                                             for v in seen]
         assert seen[-1]["spec"]["stop"] is True
+    runs = versions.of("runs")
+    admitted = next(i for i, v in enumerate(runs) if any(c.get("type") == "Admitted" and c.get("status") == "True"
+                                                         for c in (v.get("status") or {}).get("conditions", [])))
+    assert FINALIZER not in runs[admitted - 1]["metadata"].get("finalizers", []), runs[admitted - 1]["metadata"]
+    worker_first = next(i for i, v in enumerate(runs) if (v.get("status") or {}).get("phase") == "idle")
+    # the finalizer holds the task before its worker reports anything (the Pod is created after it)
+    assert all(FINALIZER in v["metadata"].get("finalizers", []) for v in runs[worker_first:]), name
+    assert not any(FINALIZER in v["metadata"].get("finalizers", []) for v in versions.of("waits"))
 
     assert not versions.errors, versions.errors  # the watch saw every version (no 410 Gone)
     wait_for(lambda: "Finished" in [r for r, _ in tasks.events("runs")], 30, what="the Finished Event")
@@ -101,3 +104,19 @@ def test_the_finalizer_comes_first_and_kopf_keeps_no_diff_base(operator_factory,
         assert reasons.count(reason) == 1, reasons
     changes = [m.split(":")[0] for r, m in runs if r == "PhaseChanged"]
     assert "normal -> idle" in changes and not any(c.endswith("-> finished") for c in changes), changes
+
+
+def test_a_queued_task_is_deleted_at_once_and_never_started(operator_factory, tasks):  # noqa: F811
+    operator_factory(CAPSTAN_MAX_TASKS="1")
+    tasks.create(recording("holds"))
+    tasks.wait_phase("holds", "idle", timeout=90)
+    tasks.create(recording("leaves"))
+    wait_for(lambda: "waiting for a free place" in (tasks.status("leaves").get("message") or ""), 60,
+             what="the second task queued")
+    assert not tasks.get("leaves")["metadata"].get("finalizers")
+    tasks.delete("leaves")
+    wait_for(lambda: tasks.get("leaves") is None, 15, what="the queued task gone (no finalizer holds it)")
+    tasks.patch_spec("holds", {"stop": True})
+    tasks.wait_phase("holds", "finished", timeout=90)
+    time.sleep(2)  # the freed place goes to nobody: the deleted task is not started
+    assert tasks.pod("leaves-crec-a1") is None

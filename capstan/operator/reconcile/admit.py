@@ -102,8 +102,8 @@ def refresh_places(state: OperatorState, info: KindInfo, kind: KindState,
     for index, entry in enumerate(waiting[free:]):
         place = index + 1
         mem = kind.by_uid.get(entry.uid)
-        if mem is None or mem.body is None:
-            continue
+        if mem is None or mem.body is None or not (mem.body.get("status") or {}).get("taskId"):
+            continue  # not accepted yet: its first write (the backlog's) shows its place
         if mem.shown_place is None:  # after a restart: what the status says
             mem.shown_place = shown_place((mem.body.get("status") or {}).get("message") or "")
         if not place_worth_showing(mem.shown_place, place):

@@ -9,7 +9,9 @@ that is not decided on: the watch event of that write is on its way and brings a
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +24,10 @@ from capstan.operator.callbacks import Dispatcher
 from capstan.operator.config import OperatorConfig
 
 ADMISSION_THREADS = 16
+CHILDREN_THREADS = 32  # an attempt's children are created in parallel rounds (reconcile.worker)
+BACKLOG_THREADS = 4  # first writes of new queued tasks at once (Backlog)
+BACKLOG_MAX_WAIT = 2.0  # seconds the backlog yields to urgent work before it writes anyway
+log = logging.getLogger(__name__)
 # (body, type Normal|Warning, reason, message): a Kubernetes Event about the task.
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
@@ -58,6 +64,76 @@ class SingleFlight:
             finally:
                 self.lock.release()
         return result
+
+
+class Backlog:
+    """The first write of a new task that has to wait in the queue (its taskId, `Queued`, its place),
+    done after the urgent work: admissions and worker Pods being created.
+
+    A burst of creates beyond the quota made every queued task's accept write compete with the
+    admissions for the API server, so the first tasks' Pods came tens of seconds late (issue 11).
+    Deferring those writes costs the queued tasks nothing (they wait anyway; their place is in the
+    index from the create on, so admission order is unchanged); `kubectl get` shows them without
+    a phase a little longer. Items run in creation order, `BACKLOG_THREADS` at once, whenever no
+    urgent work is under way, or after `BACKLOG_MAX_WAIT` seconds anyway.
+    """
+
+    def __init__(self, threads: int = BACKLOG_THREADS) -> None:
+        self._items: dict[str, tuple[str, Callable[[], Any]]] = {}  # uid -> (created, run)
+        self._cond = threading.Condition()
+        self._urgent = 0
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="backlog")
+        self._threads = threads
+        self._thread: threading.Thread | None = None
+
+    def add(self, uid: str, created: str, run: Callable[[], Any]) -> None:
+        with self._cond:
+            self._items[uid] = (created, run)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._drain, name="backlog", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def urgent(self) -> _Urgent:
+        """A context manager around urgent work: the backlog waits while one is open."""
+        return _Urgent(self)
+
+    def _enter(self, step: int) -> None:
+        with self._cond:
+            self._urgent += step
+            self._cond.notify_all()
+
+    def _drain(self) -> None:
+        while True:
+            with self._cond:
+                while not self._items:
+                    self._cond.wait()
+                deadline = time.monotonic() + BACKLOG_MAX_WAIT
+                while self._urgent and time.monotonic() < deadline:
+                    self._cond.wait(deadline - time.monotonic())
+                batch = sorted(self._items.items(), key=lambda item: item[1][0])[:self._threads]
+                for uid, _ in batch:
+                    del self._items[uid]
+            for done in [self._pool.submit(run) for _, (_, run) in batch]:
+                try:
+                    done.result()
+                except Exception:  # noqa: BLE001 - the task's next event or the retry takes it up
+                    log.exception("a queued task's first write failed")
+
+
+class _Urgent:
+    def __init__(self, backlog: Backlog) -> None:
+        self.backlog = backlog
+
+    def __enter__(self) -> None:
+        self.backlog._enter(1)
+
+    def __exit__(self, *_: object) -> None:
+        self.backlog._enter(-1)
 
 
 @dataclass
@@ -98,6 +174,7 @@ class KindState:
     # ask for another round, so a burst of events does not become a convoy on the same tasks' locks.
     admission: SingleFlight = field(default_factory=SingleFlight)
     retry_lock: threading.Lock = field(default_factory=threading.Lock)
+    backlog: Backlog = field(default_factory=Backlog)  # new queued tasks' first writes
 
     def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:
         """This task's memory; a new one when the name now belongs to another object."""
@@ -137,6 +214,8 @@ class OperatorState:
     # Admission rounds start the queue's head in parallel (reconcile.task.admit_waiting).
     admission_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(ADMISSION_THREADS, thread_name_prefix="admit"))
+    children_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(CHILDREN_THREADS, thread_name_prefix="children"))
 
     @classmethod
     def create(cls, config: OperatorConfig, post_event: EventPoster) -> OperatorState:

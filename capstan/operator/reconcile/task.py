@@ -9,6 +9,7 @@ acts (creates the Pod, posts Events). So a pass on a stale view writes nothing a
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import contextvars
 import datetime as dt
 import logging
@@ -26,7 +27,7 @@ from capstan.operator import children, kube, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.phases import TERMINAL, Action, PodObservation, TaskObservation, decide
 from capstan.operator.reconcile import admit, callbacks, finish, worker
-from capstan.operator.reconcile.conditions import kstatus_conditions, set_condition
+from capstan.operator.reconcile.conditions import is_true, kstatus_conditions, set_condition
 from capstan.operator.reconcile.state import KindState, OperatorState, TaskMemory, resource_version
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,6 @@ def _passes(state: OperatorState, info: KindInfo, kind: KindState, mem: TaskMemo
 
 def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
           entries: Callable[[], Iterable[QueueEntry]]) -> bool:
-    cfg = state.config
     st = task.status
     meta, spec = task.meta, task.spec
     plan = Plan()
@@ -174,6 +174,50 @@ def _pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup,
     st = task.status  # delivery may have written
     view = {**st, **plan.status}
     admitted = admit.step(state, kind, task, view, entries, plan)
+    if _defer_first_write(task, view, plan, stop_seen_now):
+        kind.backlog.add(task.uid, str(meta.get("creationTimestamp") or ""), _later(state, task, pods, entries))
+        return False
+    with kind.backlog.urgent() if admitted and not st.get("workerPod") else contextlib.nullcontext():
+        return _finish_pass(state, kind, task, pods, plan, view, admitted, stop_seen_now, stop_event_at, cb_state)
+
+
+# Set in the backlog's threads: their pass writes what the first one left to them.
+_IN_BACKLOG: contextvars.ContextVar[bool] = contextvars.ContextVar("capstan_in_backlog", default=False)
+
+
+def _defer_first_write(task: Task, view: dict[str, Any], plan: Plan, stop_seen_now: bool) -> bool:
+    """A new task that only has to wait in the queue: its first write goes to the backlog
+    (`state.Backlog`), unless this pass is the backlog's."""
+    return (not _IN_BACKLOG.get() and not task.status.get("taskId") and not stop_seen_now
+            and not task.meta.get("deletionTimestamp") and is_true(view, "Queued")
+            and plan.status.get("phase") == Phase.normal.value)
+
+
+def _later(state: OperatorState, task: Task, pods: PodLookup,
+           entries: Callable[[], Iterable[QueueEntry]]) -> Callable[[], None]:
+    context = contextvars.copy_context()  # kopf keeps its settings (Event posting) in context variables
+    kind, mem = state.kinds[task.info.plural], task.mem
+
+    def run() -> None:
+        if kind.by_uid.get(mem.uid) is not mem or mem.body is None:
+            return  # deleted meanwhile
+        context.run(_as_backlog, lambda: reconcile(state, task.info, mem.body or task.body, pods, entries))
+    return run
+
+
+def _as_backlog(work: Callable[[], object]) -> None:
+    token = _IN_BACKLOG.set(True)
+    try:
+        work()
+    finally:
+        _IN_BACKLOG.reset(token)
+
+
+def _finish_pass(state: OperatorState, kind: KindState, task: Task, pods: PodLookup, plan: Plan,
+                 view: dict[str, Any], admitted: bool, stop_seen_now: bool, stop_event_at: int,
+                 cb_state: Any) -> bool:
+    cfg = state.config
+    st, meta, spec = task.status, task.meta, task.spec
     attempt = int(view.get("attempt") or 0)
     obs = TaskObservation(
         phase=view.get("phase"), attempt=attempt, failovers=int(view.get("failovers") or 0),
