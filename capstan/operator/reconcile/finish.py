@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
+import logging
 from typing import TYPE_CHECKING, Any
 
 from capstan.api.common import CallbackStatus, Phase
@@ -18,6 +20,8 @@ if TYPE_CHECKING:
     from capstan.operator.reconcile.state import KindState, OperatorState
     from capstan.operator.reconcile.task import Plan, PodLookup, Task
 
+log = logging.getLogger(__name__)
+
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -32,12 +36,20 @@ def step(state: OperatorState, kind: KindState, task: Task, view: dict[str, Any]
     if phase == Phase.finished.value and cb_state.failed:
         plan.status["result"] = {"errorCode": "CallbackFailed",
                                  "errorMessage": delivery.failed_message(cb_state.last_error or "")}
-    if phase == Phase.finished.value:
-        # the last worker exited 0 only with its spool stored; a failed task keeps its spool until deleted
-        plan.after.append(lambda: kube.delete_spool(task.info, task.namespace, task.name))
     if decision.event:
         plan.events.append(decision.event)
     ended(state, task, plan, phase, (decision.event or ("", "", "done"))[2])
+    if phase == Phase.finished.value:
+        # the last worker exited 0 only with its spool stored; a failed task keeps its spool until deleted.
+        # Off the pass: the next task's admission does not wait for this DELETE (deletion removes
+        # the children again, so a failed one leaves nothing behind for long).
+        plan.after.append(lambda: state.children_pool.submit(kube.delete_spool, task.info, task.namespace,
+                                                             task.name).add_done_callback(_logged))
+
+
+def _logged(done: concurrent.futures.Future) -> None:
+    if done.exception() is not None:
+        log.warning("spool not deleted: %s", done.exception())
 
 
 def _seconds_since(stamp: Any) -> float:
