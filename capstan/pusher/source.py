@@ -34,6 +34,7 @@ class SourceInfo:
     b_frames: bool = False
     audio_rate: int | None = None
     audio_channels: int | None = None
+    fps: float | None = None  # the video's frame rate, where the container says
 
     @property
     def has_video(self) -> bool:
@@ -67,6 +68,11 @@ def _host(address: str) -> str:
         else address
 
 
+def pinned_rtmp(target: Any) -> str:
+    """An rtmp(s) URL on the address the policy checked, in place of the name."""
+    return f"{target.scheme}://{_host(target.addresses[0])}:{target.port}{target.request_target}"
+
+
 def open_container(url: str, policy: UrlPolicy, *, live: bool, resolve: Resolver | None = None) -> Any:
     """A demuxer on the source, connected to the address the policy checked."""
     target = check(url, policy, resolve)
@@ -79,8 +85,7 @@ def open_container(url: str, policy: UrlPolicy, *, live: bool, resolve: Resolver
                 raise SourceError(f"spec.videoSrc {describe(url)} cannot be fetched: {exc}") from None
             return av.open(fetched, "r", timeout=(OPEN_TIMEOUT, read_timeout))
         # rtmp(s): FFmpeg's RTMP client, given the checked address instead of the name
-        pinned = f"{target.scheme}://{_host(target.addresses[0])}:{target.port}{target.request_target}"
-        return av.open(pinned, "r", format="flv" if target.scheme == "rtmp" else None,
+        return av.open(pinned_rtmp(target), "r", format="flv" if target.scheme == "rtmp" else None,
                        timeout=(OPEN_TIMEOUT, read_timeout), options={"rtmp_live": "live"})
     except (av.FFmpegError, OSError) as exc:
         raise SourceError(f"spec.videoSrc {describe(url)} cannot be opened as media: {exc}") from None
@@ -104,8 +109,9 @@ def probe(container: Any, *, look_ahead: bool) -> SourceInfo:
         b_frames = bool(getattr(ctx, "has_b_frames", 0))
         if look_ahead and not b_frames:
             b_frames = _reordered(container, video)
+    rate = (video.average_rate or video.guessed_rate) if video is not None else None
     return SourceInfo(duration=duration, video_codec=video.codec_context.name if video is not None else None,
-                      size=size, b_frames=b_frames,
+                      size=size, b_frames=b_frames, fps=float(rate) if rate else None,
                       audio_rate=audio.codec_context.sample_rate if audio is not None else None,
                       audio_channels=min(2, audio.codec_context.layout.nb_channels or 1) if audio is not None else None)
 

@@ -1,0 +1,337 @@
+// capstan-lkpublish: the data plane of a StreamPush pass-through into a LiveKit room.
+//
+// The Python pusher (capstan/pusher) stays the controller: it checks the source against the URL
+// policy, probes it, decides pass-through, and runs FFmpeg, which reads the source at real speed
+// (-re) and writes two pipes this program reads: H.264 Annex B access units (copied, not
+// re-encoded) and Ogg Opus. This program joins the room with the worker's token (environment
+// LIVEKIT_TOKEN, never the command line) and publishes each access unit and each Opus packet as it
+// arrives, stamped with its arrival time, so sound and pictures keep the timing FFmpeg gave them.
+//
+// Keyframe requests (PLI/FIR) of subscribers are counted, not answered by an encoder: the source's
+// next keyframe answers them (a viewer joining mid-GOP waits at most one GOP).
+//
+// The pipes may be written by several FFmpeg runs in turn (a file's loops, a live stream's
+// reconnections): the controller keeps the write ends open between runs, so a new run's stream
+// headers (SPS/PPS, OpusHead/OpusTags) simply follow. The push ends when both pipes reach their
+// end (the controller closed them) or on SIGTERM/SIGINT; the program then leaves the room.
+//
+// Standard output: one JSON object a line for the controller ("joined", "keyframe_requests",
+// "ended" with counts); errors go to standard error, and the exit code is 0 (ended or stopped),
+// 2 (could not join or publish) or 3 (removed from the room / the room closed).
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/livekit/protocol/livekit"
+	"github.com/livekit/protocol/logger"
+	lksdk "github.com/livekit/server-sdk-go/v2"
+	"github.com/pion/rtcp"
+	"github.com/pion/webrtc/v4"
+	"github.com/pion/webrtc/v4/pkg/media"
+)
+
+var out = struct {
+	sync.Mutex
+	enc *json.Encoder
+}{enc: json.NewEncoder(os.Stdout)}
+
+func say(v map[string]any) {
+	out.Lock()
+	defer out.Unlock()
+	_ = out.enc.Encode(v)
+}
+
+func main() {
+	url := flag.String("url", "", "LiveKit URL (ws:// or wss://)")
+	videoFd := flag.Int("video-fd", -1, "file descriptor of the H.264 Annex B pipe (-1: no video)")
+	audioFd := flag.Int("audio-fd", -1, "file descriptor of the Ogg Opus pipe (-1: no audio)")
+	fps := flag.Float64("fps", 30, "the source's frame rate (the shortest distance between two pictures' RTP times)")
+	width := flag.Int("width", 0, "picture width")
+	height := flag.Int("height", 0, "picture height")
+	stereo := flag.Bool("stereo", false, "the sound is stereo")
+	videoName := flag.String("video-name", "main-video", "name of the video track")
+	audioName := flag.String("audio-name", "main-audio", "name of the audio track")
+	flag.Parse()
+	token := os.Getenv("LIVEKIT_TOKEN")
+	if *url == "" || token == "" || (*videoFd < 0 && *audioFd < 0) {
+		fmt.Fprintln(os.Stderr, "capstan-lkpublish: -url, LIVEKIT_TOKEN and at least one of -video-fd, -audio-fd are needed")
+		os.Exit(2)
+	}
+	lksdk.SetLogger(logger.GetLogger()) // warnings and errors of the SDK to standard error
+	os.Exit(run(*url, token, *videoFd, *audioFd, *fps, *width, *height, *stereo, *videoName, *audioName))
+}
+
+func run(url, token string, videoFd, audioFd int, fps float64, width, height int, stereo bool,
+	videoName, audioName string) int {
+	gone := make(chan string, 1)
+	cb := lksdk.NewRoomCallback()
+	cb.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
+		select {
+		case gone <- fmt.Sprint(reason):
+		default:
+		}
+	}
+	room, err := lksdk.ConnectToRoomWithToken(url, token, cb, lksdk.WithAutoSubscribe(false))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "capstan-lkpublish: joining the room failed: %v\n", err)
+		return 2
+	}
+	defer room.Disconnect()
+
+	var keyframeRequests atomic.Int64
+	var wg sync.WaitGroup
+	counts := map[string]*atomic.Int64{"video_frames": {}, "audio_packets": {}}
+	if videoFd >= 0 {
+		track, err := lksdk.NewLocalTrack(webrtc.RTPCodecCapability{
+			MimeType: webrtc.MimeTypeH264, ClockRate: 90000,
+			SDPFmtpLine: "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f",
+		}, lksdk.WithRTCPHandler(func(p rtcp.Packet) {
+			switch p.(type) {
+			case *rtcp.PictureLossIndication, *rtcp.FullIntraRequest:
+				keyframeRequests.Add(1)
+			}
+		}))
+		if err == nil {
+			_, err = room.LocalParticipant.PublishTrack(track, &lksdk.TrackPublicationOptions{
+				Name: videoName, Source: livekit.TrackSource_CAMERA, VideoWidth: width, VideoHeight: height})
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "capstan-lkpublish: publishing the video failed: %v\n", err)
+			return 2
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			frame := time.Duration(float64(time.Second) / max(fps, 1))
+			err := readAnnexB(os.NewFile(uintptr(videoFd), "video"), func(unit []byte) {
+				// RTP time: the arrival time, but never less than one frame after the last picture.
+				_ = track.WriteSample(media.Sample{Data: unit, Timestamp: time.Now(), Duration: frame}, nil)
+				counts["video_frames"].Add(1)
+			})
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "capstan-lkpublish: reading the video: %v\n", err)
+			}
+		}()
+	}
+	if audioFd >= 0 {
+		track, err := lksdk.NewLocalTrack(webrtc.RTPCodecCapability{
+			MimeType: webrtc.MimeTypeOpus, ClockRate: 48000, Channels: 2, SDPFmtpLine: "minptime=10;useinbandfec=1",
+		})
+		if err == nil {
+			_, err = room.LocalParticipant.PublishTrack(track, &lksdk.TrackPublicationOptions{
+				Name: audioName, Source: livekit.TrackSource_MICROPHONE, Stereo: stereo, DisableDTX: true})
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "capstan-lkpublish: publishing the audio failed: %v\n", err)
+			return 2
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := readOggOpus(os.NewFile(uintptr(audioFd), "audio"), func(packet []byte) {
+				_ = track.WriteSample(media.Sample{Data: packet, Timestamp: time.Now(),
+					Duration: opusDuration(packet)}, nil)
+				counts["audio_packets"].Add(1)
+			})
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "capstan-lkpublish: reading the audio: %v\n", err)
+			}
+		}()
+	}
+	say(map[string]any{"event": "joined"})
+
+	ended := make(chan struct{})
+	go func() { wg.Wait(); close(ended) }()
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	reported := int64(0)
+	code, why := 0, "the sources ended"
+loop:
+	for {
+		select {
+		case <-tick.C:
+			if n := keyframeRequests.Load(); n != reported {
+				reported = n
+				say(map[string]any{"event": "keyframe_requests", "count": n})
+			}
+		case <-ended:
+			time.Sleep(100 * time.Millisecond) // the last packets leave before the participant does
+			break loop
+		case s := <-signals:
+			why = "stopped (" + s.String() + ")"
+			break loop
+		case reason := <-gone:
+			code, why = 3, "left the room: "+reason
+			break loop
+		}
+	}
+	say(map[string]any{"event": "ended", "reason": why, "keyframe_requests": keyframeRequests.Load(),
+		"video_frames": counts["video_frames"].Load(), "audio_packets": counts["audio_packets"].Load()})
+	return code
+}
+
+// readAnnexB calls unit with each H.264 access unit (Annex B, start codes kept) of r until its end.
+// An access unit ends where the next begins: an AUD, SPS, PPS or SEI after a slice, or a slice
+// whose first_mb_in_slice is 0 (its first bit after the NAL header is 1) after a slice. So a unit
+// is handed on when the first NAL of the next one has arrived (FFmpeg writes one unit per write):
+// one picture's time after it was read.
+func readAnnexB(r io.Reader, unit func([]byte)) error {
+	var buf, au []byte
+	sawSlice := false
+	chunk := make([]byte, 256<<10)
+	nal := func(n []byte) { // n: one NAL with its start code
+		body := bytes.TrimLeft(n, "\x00")[1:]
+		if len(body) == 0 {
+			return
+		}
+		kind := body[0] & 0x1f
+		slice := kind >= 1 && kind <= 5
+		starts := (kind == 9 || kind == 7 || kind == 8 || kind == 6) || (slice && len(body) > 1 && body[1]&0x80 != 0)
+		if sawSlice && starts && len(au) > 0 {
+			unit(au)
+			au, sawSlice = nil, false
+		}
+		if kind == 9 { // delimiters are dropped: WebRTC does not want them
+			return
+		}
+		au = append(au, n...)
+		sawSlice = sawSlice || slice
+	}
+	for {
+		n, err := r.Read(chunk)
+		buf = append(buf, chunk[:n]...)
+		// every NAL but the last one in buf is complete
+		for {
+			first := startCode(buf, 0)
+			if first < 0 {
+				break
+			}
+			next := startCode(buf, first+3)
+			if next < 0 {
+				buf = buf[first:]
+				break
+			}
+			nal(bytes.Clone(buf[first:next]))
+			buf = buf[next:]
+		}
+		if err != nil {
+			if len(buf) > 0 {
+				nal(buf)
+			}
+			if len(au) > 0 {
+				unit(au)
+			}
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// startCode: where the next 00 00 01 (or 00 00 00 01) start code at or after from begins, or -1.
+func startCode(b []byte, from int) int {
+	if from > len(b) {
+		return -1
+	}
+	j := bytes.Index(b[from:], []byte{0, 0, 1})
+	if j < 0 {
+		return -1
+	}
+	at := from + j
+	if at > from && b[at-1] == 0 {
+		return at - 1
+	}
+	return at
+}
+
+// readOggOpus calls packet with each Opus packet of the Ogg stream(s) in r until its end; the
+// OpusHead and OpusTags packets of every stream are skipped (a new FFmpeg run starts a new stream).
+func readOggOpus(r io.Reader, packet func([]byte)) error {
+	br := bufio.NewReaderSize(r, 64<<10)
+	header := make([]byte, 27)
+	var pending []byte
+	for {
+		if _, err := io.ReadFull(br, header); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+				return nil
+			}
+			return err
+		}
+		if !bytes.Equal(header[:4], []byte("OggS")) {
+			return fmt.Errorf("not an Ogg page")
+		}
+		_ = binary.LittleEndian.Uint64(header[6:14]) // granule position: unused, times are arrival times
+		segments := make([]byte, header[26])
+		if _, err := io.ReadFull(br, segments); err != nil {
+			return nil
+		}
+		total := 0
+		for _, s := range segments {
+			total += int(s)
+		}
+		body := make([]byte, total)
+		if _, err := io.ReadFull(br, body); err != nil {
+			return nil
+		}
+		if header[5]&0x02 != 0 { // beginning of a stream
+			pending = nil
+		}
+		at := 0
+		for _, s := range segments {
+			pending = append(pending, body[at:at+int(s)]...)
+			at += int(s)
+			if s < 255 {
+				p := pending
+				pending = nil
+				if len(p) == 0 || bytes.HasPrefix(p, []byte("OpusHead")) || bytes.HasPrefix(p, []byte("OpusTags")) {
+					continue
+				}
+				packet(p)
+			}
+		}
+	}
+}
+
+// opusDuration: the length of an Opus packet from its TOC byte (RFC 6716 §3.1).
+func opusDuration(p []byte) time.Duration {
+	if len(p) == 0 {
+		return 20 * time.Millisecond
+	}
+	config := p[0] >> 3
+	var frame time.Duration
+	switch {
+	case config < 12:
+		frame = []time.Duration{10, 20, 40, 60}[config%4] * time.Millisecond
+	case config < 16:
+		frame = []time.Duration{10, 20}[config%2] * time.Millisecond
+	default:
+		frame = []time.Duration{2500, 5000, 10000, 20000}[config%4] * time.Microsecond
+	}
+	frames := 1
+	switch p[0] & 3 {
+	case 1, 2:
+		frames = 2
+	case 3:
+		if len(p) > 1 {
+			frames = int(p[1] & 0x3f)
+		}
+	}
+	return frame * time.Duration(frames)
+}
