@@ -120,5 +120,23 @@ build_promtool() {
     "-X github.com/prometheus/common/version.Version=$PROMTOOL_VERSION"
 }
 
-targets=${*:-etcd kube_apiserver minio livekit helm promtool}
+# capstan-lkpublish: the pusher's LiveKit publisher (go/lkpublish, docs/streampush.md), built from the
+# repository's source as capstan-lkpublish-<hash of go.mod, go.sum and *.go> (devstack/stack.py
+# computes the same name), so a change of its source builds it anew; bin/capstan-lkpublish links to
+# the newest one (the pusher looks there: capstan/pusher/lkpublish.py).
+lkpublish_hash() {
+  (cd "$here/../go/lkpublish" && cat go.mod go.sum $(LC_ALL=C ls -- *.go) | sha1sum | cut -c1-12)
+}
+build_lkpublish() {
+  local hash; hash=$(lkpublish_hash)
+  local out=$bin/capstan-lkpublish-$hash
+  if [ ! -x "$out" ]; then
+    log "building capstan-lkpublish $hash"
+    (cd "$here/../go/lkpublish" && go build -trimpath -ldflags="-s -w" -o "$out.tmp" . && mv "$out.tmp" "$out")
+    log "built $out"
+  fi
+  ln -sfn "$(basename "$out")" "$bin/capstan-lkpublish"
+}
+
+targets=${*:-etcd kube_apiserver minio livekit helm promtool lkpublish}
 for t in $targets; do "build_$t"; done

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -127,7 +128,17 @@ def binaries() -> dict[str, Path]:
         "livekit-server": bin_dir / f"livekit-server-{v['LIVEKIT_VERSION']}",
         "helm": bin_dir / f"helm-{v['HELM_VERSION']}",
         "promtool": bin_dir / f"promtool-{v['PROMTOOL_VERSION']}",
+        "capstan-lkpublish": bin_dir / f"capstan-lkpublish-{lkpublish_hash()}",
     }
+
+
+def lkpublish_hash() -> str:
+    """What build.sh names the pusher's Go publisher after: its source (go.mod, go.sum, *.go)."""
+    src = HERE.parent / "go" / "lkpublish"
+    digest = hashlib.sha1()
+    for path in [src / "go.mod", src / "go.sum", *sorted(src.glob("*.go"), key=lambda p: p.name.encode())]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 class Paths:
