@@ -29,6 +29,7 @@ from capstan.api.streampush import PushEvent, PushMode, PushStopStatus, StreamPu
 from capstan.media.naming import MediaId
 from capstan.net.urlpolicy import Resolver, UrlPolicy
 from capstan.operator.phases import EXIT_TASK_REFUSED
+from capstan.pusher import external
 from capstan.pusher import progress as progressing
 from capstan.pusher.pacing import AudioSchedule
 from capstan.pusher.progress import ProgressRecord, RedisProgress, StartPlan
@@ -84,6 +85,9 @@ class PushSession:
         if self.info.duration and plan.position >= self.info.duration - 0.5:
             plan = StartPlan()  # the saved push had reached the end: this one starts again
         self.position = plan.position
+        if self._external():
+            container.close()
+            return await self._end(await self._push_external(plan))
         try:
             publisher = await asyncio.wait_for(
                 self.backend.publish(self.room_url, self.room_name, self.spec.user_id, self.room_token), JOIN_TIMEOUT)
@@ -97,6 +101,60 @@ class PushSession:
         finally:
             await publisher.leave()
         return await self._end(outcome)
+
+    def _external(self) -> bool:
+        """LiveKit pass-through goes through FFmpeg and capstan-lkpublish (capstan/pusher/external.py)
+        unless CAPSTAN_PUSH_DATAPLANE=python or either program is missing."""
+        if not getattr(self.backend, "external_h264_publisher", False) or FORCE_REENCODE \
+                or not self.info.passes_through(True):
+            return False
+        usable, why = external.usable()
+        if not usable and external.DATAPLANE == "go":
+            log.warning("LiveKit pass-through in this process (the Python SDK): %s", why)
+        return usable
+
+    async def _push_external(self, plan: StartPlan) -> Outcome:
+        loop = asyncio.get_running_loop()
+
+        def note(message: str) -> None:
+            loop.create_task(asyncio.to_thread(self.worker.report, message=message))
+
+        def at(position: float) -> None:
+            self.position = position
+            metrics.PUSH_POSITION.set(position)
+
+        push = external.ExternalPush(self.spec.video_src, self.policy, self.resolve, self.info, live=self.live,
+                                     loop=self.spec.loop, start=plan.position,
+                                     reconnect_seconds=float(self.spec.live_reconnect_seconds),
+                                     on_position=at, on_note=note)
+        result: str | None = "stopped"
+        try:
+            await asyncio.wait_for(push.join(self.room_url, self.room_token, self.spec.user_id), JOIN_TIMEOUT)
+            stop = asyncio.Event()
+
+            async def stopper() -> None:
+                await self._wait_stop()
+                stop.set()
+
+            info = self.info
+            what = (f"pass-through H.264 {info.size[0]}x{info.size[1]}" if info.size else "no video") + \
+                (", audio" if info.has_audio else ", no audio") + "; FFmpeg + capstan-lkpublish"
+            await self._started(plan, what)
+            tasks = [asyncio.create_task(self._save_progress_every(PROGRESS_SECONDS)), asyncio.create_task(stopper())]
+            try:
+                result = await push.run(stop)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await push.close(stopped=result is not None)
+            self.keyframe_requests = push.keyframe_requests
+        if result == "stopped":
+            return Outcome(PushStopStatus.stopped, self.worker.stop_reason or "stopped")
+        if result is not None:
+            return Outcome(PushStopStatus.failed, f"spec.videoSrc {describe(self.spec.video_src)}: {result}")
+        return Outcome(PushStopStatus.ended, "the source ended")
 
     def _open_and_probe(self) -> tuple[Any, SourceInfo]:
         container = self._open()

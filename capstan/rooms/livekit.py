@@ -503,6 +503,10 @@ class LiveKitPublisher:
 class LiveKitBackend:
     """capstan.rooms.base.RoomBackend for LiveKit."""
 
+    # The pusher may publish pass-through H.264 with capstan-lkpublish (LiveKit's Go SDK) instead of
+    # this backend's publish() (capstan/pusher/external.py).
+    external_h264_publisher = True
+
     def __init__(self, **_options: Any) -> None:
         pass
 
