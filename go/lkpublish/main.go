@@ -117,9 +117,9 @@ func run(url, token string, videoFd, audioFd int, fps float64, width, height int
 		go func() {
 			defer wg.Done()
 			frame := time.Duration(float64(time.Second) / max(fps, 1))
+			var clock mediaClock
 			err := readAnnexB(os.NewFile(uintptr(videoFd), "video"), func(unit []byte) {
-				// RTP time: the arrival time, but never less than one frame after the last picture.
-				_ = track.WriteSample(media.Sample{Data: unit, Timestamp: time.Now(), Duration: frame}, nil)
+				_ = track.WriteSample(media.Sample{Data: unit, Duration: clock.next(time.Now(), frame)}, nil)
 				counts["video_frames"].Add(1)
 			})
 			if err != nil {
@@ -142,9 +142,9 @@ func run(url, token string, videoFd, audioFd int, fps float64, width, height int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			var clock mediaClock
 			err := readOggOpus(os.NewFile(uintptr(audioFd), "audio"), func(packet []byte) {
-				_ = track.WriteSample(media.Sample{Data: packet, Timestamp: time.Now(),
-					Duration: opusDuration(packet)}, nil)
+				_ = track.WriteSample(media.Sample{Data: packet, Duration: clock.next(time.Now(), opusDuration(packet))}, nil)
 				counts["audio_packets"].Add(1)
 			})
 			if err != nil {
@@ -184,6 +184,34 @@ loop:
 	say(map[string]any{"event": "ended", "reason": why, "keyframe_requests": keyframeRequests.Load(),
 		"video_frames": counts["video_frames"].Load(), "audio_packets": counts["audio_packets"].Load()})
 	return code
+}
+
+// gapSeconds: a sample this much later than its media time says starts a new stretch (a file's
+// next loop, a live stream's reconnection, a stall of the source): its RTP time jumps by the gap.
+const gap = 250 * time.Millisecond
+
+// mediaClock gives each sample of a track its RTP distance from the one before: the media length
+// of the samples (a frame at the source's rate, an Opus packet's own length), not their arrival
+// times, which jitter; only a gap longer than `gap` moves the media time on to the wall clock.
+// FFmpeg -re writes the samples in real time, so media time and wall time stay together.
+type mediaClock struct {
+	start     time.Time
+	pos, last time.Duration // media time of the next sample, of the last one
+	started   bool
+}
+
+func (c *mediaClock) next(now time.Time, length time.Duration) time.Duration {
+	if !c.started {
+		c.started, c.start, c.pos = true, now, length
+		return length
+	}
+	if late := now.Sub(c.start) - c.pos; late > gap {
+		c.pos += late
+	}
+	distance := c.pos - c.last
+	c.last = c.pos
+	c.pos += length
+	return distance
 }
 
 // readAnnexB calls unit with each H.264 access unit (Annex B, start codes kept) of r until its end.
