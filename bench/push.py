@@ -5,7 +5,9 @@ pass-through and with forced re-encode, beside ``ffmpeg -re -i FILE -c copy -f n
 The pusher runs as its own process (``python -m bench.push child ...``): the session of the worker
 (capstan/pusher/session.py) with a stand-in for the worker's Kubernetes side, so what is measured
 is the media path: HTTP reads, demux, Annex B, pacing, audio decode and resample, the LiveKit SDK
-(and, re-encoding, decode plus libwebrtc's encoder). Results: ``bench/results/push.json``.
+(and, re-encoding, decode plus libwebrtc's encoder); with the Go data plane (capstan/pusher/external.py)
+the CPU of its FFmpeg and capstan-lkpublish children is counted too (all processes of a push).
+Results: ``bench/results/push.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from typing import Any
 from bench.common import FFMPEG, ROOT, Sample, cpu_model, measure, median, now_utc, print_run
 
 SECONDS = 20.0
+# The pusher's sides: pass-through through FFmpeg + capstan-lkpublish (the default), pass-through with
+# the LiveKit Python SDK in the pusher's process (CAPSTAN_PUSH_DATAPLANE=python), forced re-encode.
+PUSHERS = ("pass-through", "pass-through python", "re-encode")
 
 
 class _Worker:
@@ -74,8 +79,20 @@ def child(src: str, room: str) -> int:
 
 
 def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """CPU seconds of the whole push: this process, its children that ended (FFmpeg runs, the Go
+    publisher, once waited for) and those still running (from /proc)."""
+    own, ended = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    total = own.ru_utime + own.ru_stime + ended.ru_utime + ended.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    me = os.getpid()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:  # ppid; utime and stime are fields 14 and 15 of stat
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def run(repeats: int, out: Path) -> None:
@@ -92,7 +109,8 @@ def run(repeats: int, out: Path) -> None:
             x264 = ["-c:v", "libx264", "-preset", "veryfast", "-b:v", "2500k", "-bf", "0", "-g", "15",
                     "-c:a", "libopus", "-b:a", "64k", "-ar", "48000"]
             sides: dict[str, tuple[list[str], dict[str, str]]] = {
-                "pass-through": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {}),
+                "pass-through": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_DATAPLANE": "go"}),
+                "pass-through python": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_DATAPLANE": "python"}),
                 "re-encode": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_REENCODE": "1"}),
                 "ffmpeg copy": ([FFMPEG, "-nostdin", "-re", "-i", str(source), "-c", "copy", "-f", "null", "-"], {}),
                 "ffmpeg encode": ([FFMPEG, "-nostdin", "-re", "-i", str(source), *x264, "-f", "null", "-"], {}),
@@ -110,10 +128,10 @@ def run(repeats: int, out: Path) -> None:
                     samples[name].append(sample)
                     print_run(repeat, repeats, name, sample)
             logs = {name: (root / f"{name.replace(' ', '-')}-1.log").read_text(errors="replace")[-600:]
-                    for name in ("pass-through", "re-encode")}
+                    for name in PUSHERS}
             steady = {name: [json.loads(line[7:]) for r in range(1, repeats + 1)
                              for line in (root / f"{name.replace(' ', '-')}-{r}.log").read_text().splitlines()
-                             if line.startswith("STEADY ")] for name in ("pass-through", "re-encode")}
+                             if line.startswith("STEADY ")] for name in PUSHERS}
         finally:
             server.close()
     medians = {name: median(s) for name, s in samples.items()}

@@ -93,10 +93,13 @@ def test_one_dockerfile_builds_each_extra_non_root():
     assert re.search(r"^ARG EXTRA$", dockerfile, re.M)
     assert 'pip install ".[${EXTRA}]"' in dockerfile
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
-    # only panorama gets Debian packages: the programs its stage starts (capstan/panorama)
+    # only panorama and the pusher get Debian packages: the programs they start (capstan/panorama;
+    # the pusher's FFmpeg, which feeds its Go publisher, built in a stage of its own)
     panorama = re.search(r"panorama\) packages=\"([^\"]+)\"", dockerfile)
     assert panorama and {"chromium", "xvfb", "pulseaudio"} <= set(panorama.group(1).split())
-    assert re.search(r"operator\|recorder\|pusher\) packages=\"\"", dockerfile)
+    assert re.search(r"operator\|recorder\) packages=\"\"", dockerfile)
+    assert re.search(r"pusher\) packages=\"ffmpeg\"", dockerfile)
+    assert "COPY --from=lkpublish /capstan-lkpublish /usr/local/bin/capstan-lkpublish" in dockerfile
     extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
     built = re.search(r"for component in ([a-z ]+); do", (ROOT / "e2e" / "build-images.sh").read_text())
     assert built and set(built.group(1).split()) == {"operator", "recorder", "pusher", "panorama"} <= extras
