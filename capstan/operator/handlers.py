@@ -42,7 +42,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.server_timeout = 60
     settings.watching.client_timeout = 90
     settings.networking.request_timeout = 30
-    settings.execution.max_workers = 32
+    settings.execution.max_workers = 64  # threads mostly wait for the API server (kube.CONNECTION_POOL_SIZE)
     memo.capstan = OperatorState.create(CONFIG, _post_event)
     metrics.track(memo.capstan)
     metrics.serve()

@@ -27,7 +27,7 @@ TIMEOUT = 10
 # plus the callback dispatcher, the admission, children and backlog pools (reconcile.state). The
 # client's default (5 per CPU) made a burst of handlers open and
 # throw away a TLS connection per request once the pool was full.
-CONNECTION_POOL_SIZE = 96
+CONNECTION_POOL_SIZE = 160
 log = logging.getLogger(__name__)
 
 
@@ -98,11 +98,15 @@ def delete_spool(info: KindInfo, namespace: str, task: str) -> None:
     _delete(core().delete_namespaced_persistent_volume_claim, children.spool_claim_name(info, task), namespace)
 
 
-def apply_secret(secret: dict[str, Any]) -> None:
-    """Create the per-task Secret, or replace its data (each attempt gets a fresh token)."""
+def create_secret(secret: dict[str, Any]) -> bool:
+    """Create the per-task Secret; False if it is there already (`replace_secret` then)."""
+    return _create(core().create_namespaced_secret, secret["metadata"]["namespace"], secret)
+
+
+def replace_secret(secret: dict[str, Any]) -> None:
+    """Replace the per-task Secret's data (each attempt gets a fresh token)."""
     ns, name = secret["metadata"]["namespace"], secret["metadata"]["name"]
-    if not _create(core().create_namespaced_secret, ns, secret):
-        core().replace_namespaced_secret(name, ns, secret, _request_timeout=TIMEOUT)  # type: ignore[arg-type]
+    core().replace_namespaced_secret(name, ns, secret, _request_timeout=TIMEOUT)  # type: ignore[arg-type]
 
 
 def create_pod(pod: dict[str, Any]) -> bool:
@@ -161,8 +165,9 @@ def add_finalizer(info: KindInfo, body: dict[str, Any], finalizer: str) -> bool:
     """Put `finalizer` on the task seen as `body`, unless it is there; False if the task is being
     deleted or gone (a deleted object takes no new finalizer: start nothing for it).
 
-    A JSON patch on the exact resourceVersion, so no other finalizer is lost and none doubled (kopf
-    may add the same one from the watch event of the admission write); on a conflict it reads again."""
+    A JSON patch conditional on the finalizers seen, not on the resourceVersion: it goes beside the
+    admission's status write (reconcile.worker), and no other finalizer is lost or doubled (kopf may
+    add the same one from the watch event of that write). On a conflict it reads again."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     for _ in range(5):
@@ -171,8 +176,10 @@ def add_finalizer(info: KindInfo, body: dict[str, Any], finalizer: str) -> bool:
         present = list(meta.get("finalizers") or [])
         if finalizer in present:
             return True
-        patch = [{"op": "test", "path": "/metadata/resourceVersion", "value": meta.get("resourceVersion")},
-                 {"op": "add", "path": "/metadata/finalizers", "value": [*present, finalizer]}]
+        patch: list[dict[str, Any]] = [
+            {"op": "test", "path": "/metadata/finalizers", "value": present},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": finalizer}] if present else [
+            {"op": "add", "path": "/metadata/finalizers", "value": [finalizer]}]
         try:
             answer: Any = custom().patch_namespaced_custom_object(
                 GROUP, VERSION, ns, info.plural, name, patch, _content_type="application/json-patch+json",
@@ -187,7 +194,7 @@ def add_finalizer(info: KindInfo, body: dict[str, Any], finalizer: str) -> bool:
         if fresh is None:
             return False
         meta = fresh["metadata"]
-    raise RuntimeError(f"{ns}/{name} changed under 5 finalizer patches in a row")
+    raise RuntimeError(f"{ns}/{name}: its finalizers changed under 5 patches in a row")
 
 
 def patch_task_status(info: KindInfo, namespace: str, name: str, status: dict[str, Any],

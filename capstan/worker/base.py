@@ -36,6 +36,9 @@ REPORT_RETRY_SECONDS = 60.0
 # incomplete. Must equal capstan.operator.phases.EXIT_REPORT_FAILED (the worker does not import the operator).
 EXIT_REPORT_FAILED = 5
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
+# The operator creates a worker's RoleBinding beside its Pod (issue 11), and in any cluster RBAC sees
+# a new binding a moment after it is created: a 403 this soon after start is waited out.
+RBAC_SETTLE_SECONDS = 30.0
 log = logging.getLogger("capstan.worker")
 
 
@@ -129,6 +132,7 @@ class Worker:
         self.reports_lost = 0  # status writes given up after every retry
         self._events_unwritten = False  # the outbox's last state is not in the status yet
         self.report_retry_seconds = REPORT_RETRY_SECONDS
+        self._started = time.monotonic()
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
@@ -156,7 +160,9 @@ class Worker:
                 return True, call()
             except Exception as exc:  # noqa: BLE001 - classified below; never fatal to the worker
                 pause = REPORT_BACKOFF[min(tries, len(REPORT_BACKOFF)) - 1]
-                if not is_transient(exc) or time.monotonic() + pause > deadline:
+                settling = (isinstance(exc, ApiException) and exc.status == 403
+                            and time.monotonic() - self._started < RBAC_SETTLE_SECONDS)
+                if not (is_transient(exc) or settling) or time.monotonic() + pause > deadline:
                     log.warning("%s failed (try %d, giving up): %s", what, tries, exc)
                     return False, None
                 log.warning("%s failed (try %d, retrying in %.1f s): %s", what, tries, pause, exc)

@@ -117,6 +117,9 @@ class Plan:
     status: dict[str, Any] = field(default_factory=dict)
     events: list[tuple[str, str, str]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    # Idempotent requests sent at the same time as the status write (they need not wait for it, and
+    # a pass that turns out stale only repeats them); `after` runs once all of them ended.
+    alongside: list[Callable[[], Any]] = field(default_factory=list)
     freed: bool = False  # the task gave up its place in the quota
 
     def set(self, view: dict[str, Any], key: str, value: Any) -> None:
@@ -242,7 +245,10 @@ def _finish_pass(state: OperatorState, kind: KindState, task: Task, pods: PodLoo
         # told by that Event (`Canceled`: stopped before the worker started), not by a second one beside it.
         plan.events.insert(stop_event_at, ("Normal", "StopRequested", "stop requested; worker finishing"))
     _readiness(task, plan)
-    if plan.status:
+    if plan.alongside:
+        writes = [lambda: task.write(plan.status)] if plan.status else []
+        worker.parallel(state.children_pool, [*writes, *plan.alongside])
+    elif plan.status:
         task.write(plan.status)
     for action in plan.after:
         action()

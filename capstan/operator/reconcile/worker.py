@@ -7,7 +7,9 @@ Pod is created, so the worker can never report before the operator's write and b
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime as dt
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -75,7 +77,20 @@ def current_pod(task: Task, pods: PodLookup, attempt: int) -> PodObservation:
 
 def _parallel(state: OperatorState, calls: list[Callable[[], Any]]) -> list[Any]:
     """Run `calls` at once on the children pool; their results in order (the first error raised)."""
-    return [done.result() for done in [state.children_pool.submit(call) for call in calls]]
+    return parallel(state.children_pool, calls)
+
+
+def parallel(pool: concurrent.futures.Executor, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run `calls` at once on `pool`, wait for all of them; their results in order (the first error
+    is raised once every call has ended)."""
+    futures = [pool.submit(call) for call in calls]
+    concurrent.futures.wait(futures)
+    return [done.result() for done in futures]
+
+
+def _create_or_remember(secret: dict[str, Any], existing: list[dict[str, Any]]) -> None:
+    if not kube.create_secret(secret):
+        existing.append(secret)
 
 
 def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decision, plan: Plan) -> None:
@@ -97,8 +112,26 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
     attempt = decision.attempt
     plan.set(view, "workerPod", children.pod_name(task.info, task.name, attempt))
     cfg = state.config
+    # The children in two parallel rounds, not seven requests one after another (issue 11): beside
+    # the status write what depends on nothing (the finalizer, identity, spool, Secrets); after it the
+    # RoleBinding (its Role must exist: RBAC checks the rules it grants) and the Pod (its attempt is
+    # written, its ServiceAccount exists, the finalizer holds the task: a task deleted meanwhile
+    # gets no worker). The worker waits out a 403 while its binding lands (capstan.worker.base).
+    # A pass on a stale view sends these too, before its write is refused: they only create what is
+    # missing; a Secret already there (a failover's, or a racing pass's) is replaced after the write.
+    held: list[bool] = []
+    existing: list[dict[str, Any]] = []
+    plan.alongside += [lambda: held.append(kube.add_finalizer(task.info, task.body, FINALIZER)),
+                       lambda: kube.ensure_service_account(task.info, body), lambda: kube.ensure_role(task.info, body),
+                       lambda: kube.ensure_spool(children.spool_claim(task.info, body, cfg)),
+                       *[functools.partial(_create_or_remember, secret, existing) for secret in env.secrets]]
 
     def start() -> None:
+        if not all(held):
+            kube.delete_children(task.info, task.namespace, task.name)
+            return
+        for secret in existing:
+            kube.replace_secret(secret)
         if decision.action is Action.replace_pod:
             # The dead attempt has terminated (or vanished): its spool is on the task's PVC, not in the Pod.
             kube.delete_pod(task.namespace, children.pod_name(task.info, task.name, attempt - 1), grace_seconds=0)
@@ -106,19 +139,9 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
             outcome = failover.remove_dead_identity(
                 spec, secrets, task.info.room_identity_field)
             state.post_event(task.body, "Normal", "FailoverIdentity", f"dead attempt's room identity: {outcome}")
-        # The children in three parallel rounds instead of six requests one after another (issue 11):
-        # what depends on nothing; the RoleBinding (its Role must exist: RBAC checks the rules it
-        # grants); the Pod (its ServiceAccount must exist, and the finalizer must hold the task: a
-        # task deleted meanwhile gets no worker).
-        first = [lambda: kube.add_finalizer(task.info, task.body, FINALIZER),
-                 lambda: kube.ensure_service_account(task.info, body), lambda: kube.ensure_role(task.info, body),
-                 lambda: kube.ensure_spool(children.spool_claim(task.info, body, cfg)),
-                 *[(lambda s=secret: kube.apply_secret(s)) for secret in env.secrets]]
-        if not _parallel(state, first)[0]:
-            kube.delete_children(task.info, task.namespace, task.name)
-            return
-        kube.ensure_role_binding(task.info, body)
-        created = kube.create_pod(children.worker_pod(task.info, body, attempt, cfg, env.env))
+        _, created = _parallel(state, [
+            lambda: kube.ensure_role_binding(task.info, body),
+            lambda: kube.create_pod(children.worker_pod(task.info, body, attempt, cfg, env.env))])
         task.mem.created_attempt = attempt
         if (created or decision.action is Action.replace_pod) and decision.event:
             state.post_event(task.body, *decision.event)
