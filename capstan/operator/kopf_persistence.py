@@ -13,12 +13,12 @@
   so the on.delete handler is filtered on that (`when=`) and kopf neither adds nor needs a
   finalizer for a task that only waits in the queue: at a burst of 1,000 creates beyond the quota,
   900 PATCHes fewer, and a queued task is deleted at once. The admission puts the finalizer on
-  itself (`kube.add_finalizer`, a JSON patch on the exact resourceVersion) in the same parallel
-  round as the worker's first children, and creates the Pod only once it holds: a task deleted in
-  between gets no worker. kopf, seeing the filter now match, finds the finalizer there (or adds the
-  same one: the conditional patch of whichever comes second is refused and read again). Before,
-  kopf added it at the first event, and the first pass had to wait for that write (it conflicted
-  with the accept write: HTTP 422, and kopf sent its patch again).
+  itself (`kube.add_finalizer`, a JSON patch conditional on the finalizers seen) right after its
+  status write, at the same moment as the worker's Pod; if the task was deleted in between, the
+  Pod is removed again before it could record anything. kopf, seeing the filter now match, finds
+  the finalizer there (or adds the same one; its merge patch writes the same list). Before, kopf
+  added it at the first event, and the first pass had to wait for that write (it conflicted with
+  the accept write: HTTP 422, and kopf sent its patch again).
 """
 
 from __future__ import annotations

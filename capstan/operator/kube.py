@@ -165,9 +165,9 @@ def add_finalizer(info: KindInfo, body: dict[str, Any], finalizer: str) -> bool:
     """Put `finalizer` on the task seen as `body`, unless it is there; False if the task is being
     deleted or gone (a deleted object takes no new finalizer: start nothing for it).
 
-    A JSON patch conditional on the finalizers seen, not on the resourceVersion: it goes beside the
-    admission's status write (reconcile.worker), and no other finalizer is lost or doubled (kopf may
-    add the same one from the watch event of that write). On a conflict it reads again."""
+    A JSON patch conditional on the finalizers seen, not on the resourceVersion (the worker writes the
+    status meanwhile): no other finalizer is lost or doubled (kopf may add the same one from the
+    watch event of the admission write). On a conflict it reads again."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     for _ in range(5):

@@ -113,23 +113,20 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
     plan.set(view, "workerPod", children.pod_name(task.info, task.name, attempt))
     cfg = state.config
     # The children in two parallel rounds, not seven requests one after another (issue 11): beside
-    # the status write what depends on nothing (the finalizer, identity, spool, Secrets); after it the
-    # RoleBinding (its Role must exist: RBAC checks the rules it grants) and the Pod (its attempt is
-    # written, its ServiceAccount exists, the finalizer holds the task: a task deleted meanwhile
-    # gets no worker). The worker waits out a 403 while its binding lands (capstan.worker.base).
-    # A pass on a stale view sends these too, before its write is refused: they only create what is
-    # missing; a Secret already there (a failover's, or a racing pass's) is replaced after the write.
-    held: list[bool] = []
+    # the status write what depends on nothing (identity, spool, new Secrets); after it the finalizer
+    # (it changes the object, so beside the conditional status write it made that write conflict),
+    # the RoleBinding (its Role must exist: RBAC checks the rules it grants) and the Pod (its attempt
+    # is written, its ServiceAccount exists). The worker waits out a 403 while its binding lands
+    # (capstan.worker.base). A task deleted before the finalizer held it gets no worker: its Pod,
+    # created that same moment, is removed before it could record anything.
+    # A pass on a stale view sends the first round too, before its write is refused: it only creates
+    # what is missing; a Secret already there (a failover's, or a racing pass's) is replaced after.
     existing: list[dict[str, Any]] = []
-    plan.alongside += [lambda: held.append(kube.add_finalizer(task.info, task.body, FINALIZER)),
-                       lambda: kube.ensure_service_account(task.info, body), lambda: kube.ensure_role(task.info, body),
+    plan.alongside += [lambda: kube.ensure_service_account(task.info, body), lambda: kube.ensure_role(task.info, body),
                        lambda: kube.ensure_spool(children.spool_claim(task.info, body, cfg)),
                        *[functools.partial(_create_or_remember, secret, existing) for secret in env.secrets]]
 
     def start() -> None:
-        if not all(held):
-            kube.delete_children(task.info, task.namespace, task.name)
-            return
         for secret in existing:
             kube.replace_secret(secret)
         if decision.action is Action.replace_pod:
@@ -139,9 +136,13 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
             outcome = failover.remove_dead_identity(
                 spec, secrets, task.info.room_identity_field)
             state.post_event(task.body, "Normal", "FailoverIdentity", f"dead attempt's room identity: {outcome}")
-        _, created = _parallel(state, [
+        held, _, created = _parallel(state, [
+            lambda: kube.add_finalizer(task.info, task.body, FINALIZER),
             lambda: kube.ensure_role_binding(task.info, body),
             lambda: kube.create_pod(children.worker_pod(task.info, body, attempt, cfg, env.env))])
+        if not held:
+            kube.delete_children(task.info, task.namespace, task.name)
+            return
         task.mem.created_attempt = attempt
         if (created or decision.action is Action.replace_pod) and decision.event:
             state.post_event(task.body, *decision.event)
