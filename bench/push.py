@@ -28,8 +28,9 @@ from bench.common import FFMPEG, ROOT, Sample, cpu_model, measure, median, now_u
 
 SECONDS = 20.0
 # The pusher's sides: pass-through through FFmpeg + capstan-lkpublish (the default), pass-through with
-# the LiveKit Python SDK in the pusher's process (CAPSTAN_PUSH_DATAPLANE=python), forced re-encode.
-PUSHERS = ("pass-through", "pass-through python", "re-encode")
+# the LiveKit Python SDK in the pusher's process (CAPSTAN_PUSH_DATAPLANE=python), forced re-encode
+# (the Python SDK's VP8), forced re-encode through FFmpeg's libx264 + capstan-lkpublish.
+PUSHERS = ("pass-through", "pass-through python", "re-encode", "re-encode go")
 
 
 class _Worker:
@@ -112,6 +113,8 @@ def run(repeats: int, out: Path) -> None:
                 "pass-through": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_DATAPLANE": "go"}),
                 "pass-through python": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_DATAPLANE": "python"}),
                 "re-encode": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_REENCODE": "1"}),
+                "re-encode go": ([*py, f"bench-{uuid.uuid4().hex[:6]}"],
+                                 {"CAPSTAN_PUSH_REENCODE": "1", "CAPSTAN_PUSH_REENCODE_DATAPLANE": "go"}),
                 "ffmpeg copy": ([FFMPEG, "-nostdin", "-re", "-i", str(source), "-c", "copy", "-f", "null", "-"], {}),
                 "ffmpeg encode": ([FFMPEG, "-nostdin", "-re", "-i", str(source), *x264, "-f", "null", "-"], {}),
             }

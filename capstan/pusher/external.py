@@ -41,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from capstan.media.pipeline.encoding import ONE_THREAD_PIXEL_RATE
 from capstan.net.urlpolicy import Target
 from capstan.pusher.httpfile import _Pinned
 from capstan.pusher.source import READ_TIMEOUT, SourceInfo, check, pinned_rtmp
@@ -49,7 +50,15 @@ log = logging.getLogger("capstan.pusher")
 
 # "go": LiveKit pass-through through FFmpeg + capstan-lkpublish; "python": the LiveKit Python SDK in
 # this process (the path of sessions 1-5).
-DATAPLANE = os.environ.get("CAPSTAN_PUSH_DATAPLANE", "python")
+DATAPLANE = os.environ.get("CAPSTAN_PUSH_DATAPLANE", "go")
+# "go": a re-encoded push into LiveKit (forced, B-frames, another codec) is encoded by FFmpeg's libx264
+# and published by capstan-lkpublish too; "python" (the default): decoded by the pusher, encoded by
+# the LiveKit Python SDK (VP8).
+REENCODE_DATAPLANE = os.environ.get("CAPSTAN_PUSH_REENCODE_DATAPLANE", "python")
+# libx264 as bench/push.py's FFmpeg side, one thread up to 720p30 (capstan/media/pipeline/encoding.py),
+# zerolatency: no lookahead, whose frames of delay would put the pictures behind the sound.
+X264 = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-b:v", "2500k", "-bf", "0",
+        "-pix_fmt", "yuv420p"]
 LIVE_RW_TIMEOUT_US = 3_000_000  # a live stream silent this long has dropped (as source.LIVE_READ_TIMEOUT)
 STOP_SECONDS = 5.0
 
@@ -197,8 +206,9 @@ class ExternalPush:
 
     def __init__(self, url: str, policy: Any, resolve: Any, info: SourceInfo, *, live: bool, loop: bool,
                  start: float, reconnect_seconds: float, on_position: Callable[[float], None],
-                 on_note: Callable[[str], None]) -> None:
+                 on_note: Callable[[str], None], reencode: bool = False) -> None:
         self.url, self.policy, self.resolve, self.info = url, policy, resolve, info
+        self.reencode = reencode
         self.live, self.loop, self.start = live, loop, start
         self.reconnect_seconds = reconnect_seconds
         self.on_position, self.on_note = on_position, on_note
@@ -274,7 +284,14 @@ class ExternalPush:
         if start > 0 and not self.live:
             argv += ["-ss", f"{start:.3f}"]  # copy: from the keyframe at or before it
         argv += self._input()
-        if "video" in self.fds:
+        if "video" in self.fds and self.reencode:
+            fps = self.info.fps or 30
+            size = self.info.size or (0, 0)
+            one_thread = size[0] * size[1] * fps <= ONE_THREAD_PIXEL_RATE
+            argv += ["-map", "0:v:0", *X264, "-g", str(max(1, round(fps / 2))),
+                     *(["-threads", "1"] if one_thread else []), "-f", "h264", "-flush_packets", "1",
+                     f"pipe:{self.fds['video']}"]
+        elif "video" in self.fds:
             argv += ["-map", "0:v:0", "-c:v", "copy", "-bsf:v", "h264_mp4toannexb", "-f", "h264",
                      "-flush_packets", "1", f"pipe:{self.fds['video']}"]
         if "audio" in self.fds:

@@ -85,9 +85,10 @@ class PushSession:
         if self.info.duration and plan.position >= self.info.duration - 0.5:
             plan = StartPlan()  # the saved push had reached the end: this one starts again
         self.position = plan.position
-        if self._external():
+        external_plane = self._external()
+        if external_plane is not None:
             container.close()
-            return await self._end(await self._push_external(plan))
+            return await self._end(await self._push_external(plan, reencode=external_plane == "re-encode"))
         try:
             publisher = await asyncio.wait_for(
                 self.backend.publish(self.room_url, self.room_name, self.spec.user_id, self.room_token), JOIN_TIMEOUT)
@@ -102,18 +103,23 @@ class PushSession:
             await publisher.leave()
         return await self._end(outcome)
 
-    def _external(self) -> bool:
-        """LiveKit pass-through goes through FFmpeg and capstan-lkpublish (capstan/pusher/external.py)
-        unless CAPSTAN_PUSH_DATAPLANE=python or either program is missing."""
-        if not getattr(self.backend, "external_h264_publisher", False) or FORCE_REENCODE \
-                or not self.info.passes_through(True):
-            return False
+    def _external(self) -> str | None:
+        """"pass-through" or "re-encode" where the push goes through FFmpeg and capstan-lkpublish
+        (capstan/pusher/external.py): LiveKit pass-through unless CAPSTAN_PUSH_DATAPLANE=python or
+        either program is missing; LiveKit re-encode with CAPSTAN_PUSH_REENCODE_DATAPLANE=go too."""
+        if not getattr(self.backend, "external_h264_publisher", False) or not self.info.has_video:
+            return None
+        pass_through = self.info.passes_through(True) and not FORCE_REENCODE
+        if not pass_through and external.REENCODE_DATAPLANE != "go":
+            return None
         usable, why = external.usable()
-        if not usable and external.DATAPLANE == "go":
-            log.warning("LiveKit pass-through in this process (the Python SDK): %s", why)
-        return usable
+        if not usable:
+            if external.DATAPLANE == "go":
+                log.warning("LiveKit push in this process (the Python SDK): %s", why)
+            return None
+        return "pass-through" if pass_through else "re-encode"
 
-    async def _push_external(self, plan: StartPlan) -> Outcome:
+    async def _push_external(self, plan: StartPlan, *, reencode: bool) -> Outcome:
         loop = asyncio.get_running_loop()
 
         def note(message: str) -> None:
@@ -126,7 +132,7 @@ class PushSession:
         push = external.ExternalPush(self.spec.video_src, self.policy, self.resolve, self.info, live=self.live,
                                      loop=self.spec.loop, start=plan.position,
                                      reconnect_seconds=float(self.spec.live_reconnect_seconds),
-                                     on_position=at, on_note=note)
+                                     on_position=at, on_note=note, reencode=reencode)
         result: str | None = "stopped"
         try:
             await asyncio.wait_for(push.join(self.room_url, self.room_token, self.spec.user_id), JOIN_TIMEOUT)
@@ -137,7 +143,8 @@ class PushSession:
                 stop.set()
 
             info = self.info
-            what = (f"pass-through H.264 {info.size[0]}x{info.size[1]}" if info.size else "no video") + \
+            what = (f"{'re-encoded video (libx264)' if reencode else 'pass-through H.264'} "
+                    f"{info.size[0]}x{info.size[1]}" if info.size else "no video") + \
                 (", audio" if info.has_audio else ", no audio") + "; FFmpeg + capstan-lkpublish"
             await self._started(plan, what)
             tasks = [asyncio.create_task(self._save_progress_every(PROGRESS_SECONDS)), asyncio.create_task(stopper())]
