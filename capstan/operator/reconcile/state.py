@@ -175,6 +175,7 @@ class KindState:
     admission: SingleFlight = field(default_factory=SingleFlight)
     retry_lock: threading.Lock = field(default_factory=threading.Lock)
     backlog: Backlog = field(default_factory=Backlog)  # new queued tasks' first writes
+    admitting: set[str] = field(default_factory=set)  # uids whose admission pass is under way (quota_lock)
 
     def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:
         """This task's memory; a new one when the name now belongs to another object."""

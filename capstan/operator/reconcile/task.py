@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import datetime as dt
+import functools
 import logging
 import re
 import uuid
@@ -257,6 +258,24 @@ def _finish_pass(state: OperatorState, kind: KindState, task: Task, pods: PodLoo
     return plan.freed
 
 
+def _admission_ended(state: OperatorState, info: KindInfo, kind: KindState, mem: TaskMemory, pods: PodLookup,
+                     entries: Callable[[], Iterable[QueueEntry]], context: contextvars.Context,
+                     done: concurrent.futures.Future) -> None:
+    with kind.quota_lock:
+        kind.admitting.discard(mem.uid)
+    if done.exception() is not None:  # one task's failure must not keep the others queued
+        log.error("admitting %s failed", (mem.body or {}).get("metadata", {}).get("name"),
+                  exc_info=done.exception())
+    body = mem.body or {}
+    gave_up = (kind.by_uid.get(mem.uid) is not mem or (body.get("spec") or {}).get("stop")
+               or (body.get("metadata") or {}).get("deletionTimestamp")
+               or (body.get("status") or {}).get("phase") in TERMINAL_VALUES)
+    if gave_up and not admit.is_admitted(body.get("status") or {}):
+        # stopped, deleted or refused meanwhile: its place goes to the next. (One that is merely not
+        # admitted yet is in another thread's pass, which was asked for one more round.)
+        context.copy().run(admit_waiting, state, info, pods, entries)
+
+
 def _readiness(task: Task, plan: Plan) -> None:
     """The generation this pass saw, and kstatus's conditions (Ready, Reconciling, Stalled) for the status
     it leaves: GitOps tools (Flux healthChecks, kstatus) wait on them. Written when they change only."""
@@ -291,29 +310,25 @@ def admit_waiting(state: OperatorState, info: KindInfo, pods: PodLookup,
 
 def _admit_rounds(state: OperatorState, info: KindInfo, kind: KindState, pods: PodLookup,
                   entries: Callable[[], Iterable[QueueEntry]]) -> None:
-    for _ in range(state.config.max_tasks):  # bounded: each round admits or stops
-        with kind.quota_lock:
-            view = kind.quota.view(list(entries()))
-            free, waiting = kind.quota.free(view), kind.quota.waiting(view)
-        candidates = [m for e in waiting[:free] if (m := kind.by_uid.get(e.uid)) and m.body is not None]
-        if not candidates:
-            break
-        # In parallel: each admission is a handful of API calls (status, identity, spool, Secret,
-        # Pod), so admitting the queue's head one by one made the last of 100 wait for 99.
-        # A task whose own pass runs now gets one more pass from that thread (single-flight).
-        # Each in a copy of this handler thread's context: kopf keeps its settings (which Event
-        # posting needs) in context variables.
-        runs = {state.admission_pool.submit(contextvars.copy_context().run, reconcile, state, info, mem.body,
-                                            pods, entries): mem
-                for mem in candidates if mem.body is not None}
-        progressed = False
-        for done in concurrent.futures.as_completed(runs):
-            mem = runs[done]
-            if done.exception() is not None:  # one task's failure must not keep the others queued
-                log.error("admitting %s failed", (mem.body or {}).get("metadata", {}).get("name"),
-                          exc_info=done.exception())
-            progressed = progressed or mem.uid in kind.quota.admitted or admit.is_admitted(
-                (mem.body or {}).get("status") or {})
-        if not progressed:
-            break
+    """Start a pass for each task first in the queue that a free place is waiting for, and return.
+
+    In parallel, and without waiting for them: each admission is a handful of API calls (status,
+    identity, spool, Secret, Pod), so admitting the queue's head one by one made the last of 100 wait
+    for 99, and waiting for a whole round made a place freed meanwhile wait for the round's slowest
+    Pod (issue 11: admission after a freed place). A task whose pass is under way is not started
+    again; one that ends without taking its place asks for another round. A task whose own pass
+    runs now gets one more pass from that thread (single-flight). Each in a copy of this handler
+    thread's context: kopf keeps its settings (which Event posting needs) in context variables."""
+    with kind.quota_lock:
+        view = kind.quota.view(list(entries()))
+        free, waiting = kind.quota.free(view), kind.quota.waiting(view)
+        candidates = [m for e in waiting[:free] if (m := kind.by_uid.get(e.uid)) and m.body is not None
+                      and m.uid not in kind.admitting]
+        kind.admitting.update(m.uid for m in candidates)
+    context = contextvars.copy_context()
+    for mem in candidates:
+        started = state.admission_pool.submit(context.copy().run, reconcile, state, info, mem.body or {}, pods,
+                                              entries)
+        started.add_done_callback(functools.partial(_admission_ended, state, info, kind, mem, pods, entries,
+                                                    context))
     admit.refresh_places(state, info, kind, entries)
