@@ -27,7 +27,7 @@ TIMEOUT = 10
 # plus the callback dispatcher, the admission, children and backlog pools (reconcile.state). The
 # client's default (5 per CPU) made a burst of handlers open and
 # throw away a TLS connection per request once the pool was full.
-CONNECTION_POOL_SIZE = 160
+CONNECTION_POOL_SIZE = 256
 log = logging.getLogger(__name__)
 
 

@@ -23,8 +23,8 @@ from capstan.operator.admission import Quota
 from capstan.operator.callbacks import Dispatcher
 from capstan.operator.config import OperatorConfig
 
-ADMISSION_THREADS = 16
-CHILDREN_THREADS = 32  # an attempt's children are created in parallel rounds (reconcile.worker)
+ADMISSION_THREADS = 64  # an admission pass waits for the API server most of its time
+CHILDREN_THREADS = 64  # an attempt's children are created in parallel rounds (reconcile.worker)
 BACKLOG_THREADS = 4  # first writes of new queued tasks at once (Backlog)
 BACKLOG_MAX_WAIT = 2.0  # seconds the backlog yields to urgent work before it writes anyway
 log = logging.getLogger(__name__)
