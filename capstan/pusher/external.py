@@ -63,6 +63,14 @@ LIVE_RW_TIMEOUT_US = 3_000_000  # a live stream silent this long has dropped (as
 STOP_SECONDS = 5.0
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: SIGKILL it when the pusher dies (a SIGKILLed worker leaves no FFmpeg
+    or publisher behind in the room; PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
 def publisher_binary() -> str | None:
     """capstan-lkpublish: ``CAPSTAN_LKPUBLISH``, else on PATH (the pusher image), else the one
     devstack/build.sh built into the cache."""
@@ -241,7 +249,7 @@ class ExternalPush:
         try:
             self.publisher = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, env=env,
-                pass_fds=tuple(reads.values()))
+                pass_fds=tuple(reads.values()), preexec_fn=_die_with_parent)
         finally:
             for r in reads.values():
                 os.close(r)
@@ -301,7 +309,7 @@ class ExternalPush:
         argv += ["-progress", "pipe:1", "-stats_period", "0.5"]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, pass_fds=tuple(self.fds.values()))
+            stderr=asyncio.subprocess.PIPE, pass_fds=tuple(self.fds.values()), preexec_fn=_die_with_parent)
         return FfmpegRun(proc)
 
     async def run(self, stop: asyncio.Event) -> str | None:
