@@ -62,6 +62,7 @@ def step(state: OperatorState, kind: KindState, task: Task, view: dict[str, Any]
         if place == 0:
             kind.quota.admit(task.uid)
     if place == 0:
+        log.info("%s/%s: admitted", task.namespace, task.name)
         set_condition(view, plan.status, condition("Queued", False, "Admitted", "a place is free", generation))
         set_condition(view, plan.status, condition("Admitted", True, "QuotaAvailable",
                                                    f"admitted under the limit of {cfg.max_tasks} tasks", generation))

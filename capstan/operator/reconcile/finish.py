@@ -75,6 +75,7 @@ def ended(state: OperatorState, task: Task, plan: Plan, phase: str, message: str
     plan.freed = True
 
     def release() -> None:
+        log.info("%s/%s: %s; its place is free", task.namespace, task.name, phase)
         kind = state.kinds[task.info.plural]
         with kind.quota_lock:
             kind.quota.end(task.uid)

@@ -87,6 +87,7 @@ class Backlog:
         self._thread: threading.Thread | None = None
 
     def add(self, uid: str, created: str, run: Callable[[], Any]) -> None:
+        """Queue `run` under `uid` (an item already waiting under it is replaced: they fold into one)."""
         with self._cond:
             self._items[uid] = (created, run)
             if self._thread is None:

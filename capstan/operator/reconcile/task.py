@@ -331,4 +331,7 @@ def _admit_rounds(state: OperatorState, info: KindInfo, kind: KindState, pods: P
                                               entries)
         started.add_done_callback(functools.partial(_admission_ended, state, info, kind, mem, pods, entries,
                                                     context))
-    admit.refresh_places(state, info, kind, entries)
+    # The places shown are rewritten in the backlog, after the admissions: after a burst of stops a
+    # hundred queued tasks cross a milestone at once, and writing them here, one by one, held up the
+    # next admission round for seconds (issue 11). Requests left meanwhile fold into one.
+    kind.backlog.add("queue-places", "", functools.partial(admit.refresh_places, state, info, kind, entries))
