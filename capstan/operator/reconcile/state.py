@@ -9,10 +9,11 @@ that is not decided on: the watch event of that write is on its way and brings a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,9 +100,14 @@ class Backlog:
         with self._cond:
             return len(self._items)
 
-    def urgent(self) -> _Urgent:
-        """A context manager around urgent work: the backlog waits while one is open."""
-        return _Urgent(self)
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        """Around urgent work: the backlog waits while one is open."""
+        self._enter(1)
+        try:
+            yield
+        finally:
+            self._enter(-1)
 
     def _enter(self, step: int) -> None:
         with self._cond:
@@ -124,17 +130,6 @@ class Backlog:
                     done.result()
                 except Exception:  # noqa: BLE001 - the task's next event or the retry takes it up
                     log.exception("a queued task's first write failed")
-
-
-class _Urgent:
-    def __init__(self, backlog: Backlog) -> None:
-        self.backlog = backlog
-
-    def __enter__(self) -> None:
-        self.backlog._enter(1)
-
-    def __exit__(self, *_: object) -> None:
-        self.backlog._enter(-1)
 
 
 @dataclass

@@ -248,7 +248,7 @@ def _finish_pass(state: OperatorState, kind: KindState, task: Task, pods: PodLoo
     _readiness(task, plan)
     if plan.alongside:
         writes = [lambda: task.write(plan.status)] if plan.status else []
-        worker.parallel(state.children_pool, [*writes, *plan.alongside])
+        worker.parallel(state, [*writes, *plan.alongside])
     elif plan.status:
         task.write(plan.status)
     for action in plan.after:

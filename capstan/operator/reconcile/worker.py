@@ -75,15 +75,10 @@ def current_pod(task: Task, pods: PodLookup, attempt: int) -> PodObservation:
     return seen
 
 
-def _parallel(state: OperatorState, calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run `calls` at once on the children pool; their results in order (the first error raised)."""
-    return parallel(state.children_pool, calls)
-
-
-def parallel(pool: concurrent.futures.Executor, calls: list[Callable[[], Any]]) -> list[Any]:
-    """Run `calls` at once on `pool`, wait for all of them; their results in order (the first error
-    is raised once every call has ended)."""
-    futures = [pool.submit(call) for call in calls]
+def parallel(state: OperatorState, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run `calls` at once on the children pool, wait for all of them; their results in order (the
+    first error is raised once every call has ended)."""
+    futures = [state.children_pool.submit(call) for call in calls]
     concurrent.futures.wait(futures)
     return [done.result() for done in futures]
 
@@ -136,7 +131,7 @@ def step(state: OperatorState, task: Task, view: dict[str, Any], decision: Decis
             outcome = failover.remove_dead_identity(
                 spec, secrets, task.info.room_identity_field)
             state.post_event(task.body, "Normal", "FailoverIdentity", f"dead attempt's room identity: {outcome}")
-        held, _, created = _parallel(state, [
+        held, _, created = parallel(state, [
             lambda: kube.add_finalizer(task.info, task.body, FINALIZER),
             lambda: kube.ensure_role_binding(task.info, body),
             lambda: kube.create_pod(children.worker_pod(task.info, body, attempt, cfg, env.env))])
