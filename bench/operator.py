@@ -57,6 +57,43 @@ def proc_rss_mib(pid: int, key: str = "VmRSS") -> float:
     return 0.0
 
 
+class CpuByRole:
+    """CPU seconds of the machine's processes by role (API server, etcd, operator, this benchmark,
+    pod runner, workers, the rest), read from /proc: which one bounds a window's latency."""
+
+    def __init__(self, operator: int, runner: int) -> None:
+        self.operator, self.runner, self.me = operator, runner, os.getpid()
+
+    def role(self, pid: int, ppid: int, name: str) -> str:
+        if pid == self.operator:
+            return "operator"
+        if pid == self.me:
+            return "benchmark"
+        if pid == self.runner:
+            return "pod runner"
+        if ppid == self.runner:
+            return "workers"
+        return {"kube-apiserver": "kube-apiserver", "etcd": "etcd"}.get(name, "other")
+
+    def read(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                text = stat.read_text()
+            except OSError:
+                continue
+            name = text[text.index("(") + 1:text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            cpu = (int(fields[11]) + int(fields[12])) / TICKS
+            totals[self.role(int(stat.parent.name), int(fields[1]), name)] += cpu
+        return dict(totals)
+
+    @staticmethod
+    def cores(before: dict[str, float], after: dict[str, float], seconds: float) -> dict[str, float]:
+        """Cores used per role between two reads (a process that ended in between is not counted)."""
+        return {k: round(max(0.0, after[k] - before.get(k, 0.0)) / seconds, 3) for k in sorted(after)}
+
+
 class Timeline:
     """Every status change of every task and the first sight of every worker Pod, from watches."""
 
@@ -214,10 +251,13 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100, ste
             timeline.first(timeline.created, name, time.monotonic())
             api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _request_timeout=60)
 
+        by_role = CpuByRole(op.pid, runner.pid)
+        cpu0 = by_role.read()
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(create, names))
         result["create_seconds"] = round(time.monotonic() - t0, 1)
+        result["cores_by_role"] = {"creates": by_role.cores(cpu0, by_role.read(), time.monotonic() - t0)}
         print(f"operator bench: {n} tasks created in {result['create_seconds']} s", flush=True)
 
         def running() -> list[str]:
@@ -227,7 +267,8 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100, ste
         while len(running()) < min(quota, n) and time.monotonic() < deadline:
             time.sleep(1)
         first = sorted(running(), key=lambda x: timeline.created[x])
-        print(f"operator bench: {len(first)} running", flush=True)
+        result["cores_by_role"]["create_to_first_running"] = by_role.cores(cpu0, by_role.read(), time.monotonic() - t0)
+        print(f"operator bench: {len(first)} running; cores by role {result['cores_by_role']}", flush=True)
         result["first_running"] = len(first)
 
         def latency(table: dict[str, float] | None, phase: str | None, who: list[str]) -> dict:
@@ -266,7 +307,7 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100, ste
 
         # A burst of stops: each freed slot admits the next queued task.
         burst = first[: min(quota, max(n - quota, 0))]
-        stopped_at = time.monotonic()
+        stopped_at, cpu_burst = time.monotonic(), by_role.read()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda x: api.patch_namespaced_custom_object(
                 GROUP, VERSION, ns, PLURAL, x, {"spec": {"stop": True}}, _request_timeout=60), burst))
@@ -276,6 +317,8 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100, ste
                 sum(1 for x in burst if timeline.first_phase(x, "finished") or timeline.first_phase(x, "failed"))
                 < len(burst) or sum(1 for x in waiting if x in timeline.admitted) < len(burst)):
             time.sleep(1)
+        result["cores_by_role"]["stop_burst"] = by_role.cores(cpu_burst, by_role.read(),
+                                                               time.monotonic() - stopped_at)
         freed = sorted(t for x in burst if (t := timeline.first_phase(x, "finished") or timeline.first_phase(
             x, "failed")) is not None)
         admitted_next = sorted(timeline.admitted[x] for x in waiting if x in timeline.admitted)

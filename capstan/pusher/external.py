@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import http.client
 import http.server
 import json
@@ -59,6 +60,18 @@ REENCODE_DATAPLANE = os.environ.get("CAPSTAN_PUSH_REENCODE_DATAPLANE", "python")
 # zerolatency: no lookahead, whose frames of delay would put the pictures behind the sound.
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-b:v", "2500k", "-bf", "0",
         "-pix_fmt", "yuv420p"]
+# A file's copied push is paced by capstan-lkpublish on the media times, not by FFmpeg's -re, whose
+# wait loop (FFmpeg 5.1: a 10 ms sleep and a pass over the streams) cost more than the copy itself:
+# 0.8 CPU s against 0.3 for a 20 s file. FFmpeg then runs ahead of what is published by what the
+# pipes hold, so the position comes from the publisher, and the pipes are kept small (the sound's
+# 8 KiB: 1 s at 64 kbit/s) so that a push's end leaves little to play out.
+END_OF_RUN = b"\x00\x00\x00\x01\x0b" + b"\x00\x00\x00\x01\x09\xf0"  # H.264 end of stream, then a delimiter
+PIPE_BYTES = {"audio": 8192}
+F_SETPIPE_SZ = 1031
+# Opus packets of 60 ms, not 20: each packet is a send of its own through SRTP and the UDP socket,
+# which was most of the publisher's CPU (50 audio sends a second against 30 pictures); a file's
+# push has no use for the lower latency of short frames.
+OPUS_FRAME_MS = int(os.environ.get("CAPSTAN_PUSH_OPUS_FRAME_MS", "60"))
 LIVE_RW_TIMEOUT_US = 3_000_000  # a live stream silent this long has dropped (as source.LIVE_READ_TIMEOUT)
 STOP_SECONDS = 5.0
 
@@ -228,6 +241,10 @@ class ExternalPush:
         self.publisher_gone = asyncio.Event()
         self.live_base = 0.0
         self.reconnects = 0
+        # paced by the publisher (a file's copied push): the start position of each FFmpeg run, by
+        # the run's number, and the publisher's reports of what it has published of which run
+        self.paced = not live and not reencode
+        self.run_starts: list[float] = []
 
     # --- the publisher -------------------------------------------------------------------------
 
@@ -240,9 +257,13 @@ class ExternalPush:
             if wanted:
                 r, w = os.pipe()
                 reads[kind], self.fds[kind] = r, w
+                if kind in PIPE_BYTES:
+                    with contextlib.suppress(OSError):  # the kernel's default (64 KiB) is fine too
+                        fcntl.fcntl(w, F_SETPIPE_SZ, PIPE_BYTES[kind])
         argv = [binary, "-url", room_url, "-video-fd", str(reads.get("video", -1)),
                 "-audio-fd", str(reads.get("audio", -1)), "-fps", f"{self.info.fps or 30:.3f}",
-                "-stereo=" + ("true" if (self.info.audio_channels or 1) > 1 else "false")]
+                "-stereo=" + ("true" if (self.info.audio_channels or 1) > 1 else "false"),
+                *(["-pace"] if self.paced else [])]
         if self.info.size is not None:
             argv += ["-width", str(self.info.size[0]), "-height", str(self.info.size[1])]
         env = {**os.environ, "LIVEKIT_TOKEN": token}
@@ -268,11 +289,20 @@ class ExternalPush:
             event = _event(line)
             if event.get("event") == "keyframe_requests":
                 self.keyframe_requests = int(event.get("count") or 0)
+            elif event.get("event") == "position":
+                self._published(event)
             elif event.get("event") == "ended":
                 self.ended_info = event
                 self.keyframe_requests = int(event.get("keyframe_requests") or 0)
+                self._published(event)
         await self.publisher.wait()
         self.publisher_gone.set()
+
+    def _published(self, event: dict[str, Any]) -> None:
+        """The publisher's position (paced): seconds into its run, the run's start position."""
+        run, seconds = event.get("run"), event.get("seconds")
+        if self.paced and isinstance(run, int) and isinstance(seconds, int | float) and 0 <= run < len(self.run_starts):
+            self.on_position(self.run_starts[run] + max(0.0, float(seconds)))
 
     # --- FFmpeg ------------------------------------------------------------------------------
 
@@ -288,7 +318,7 @@ class ExternalPush:
     async def _ffmpeg(self, start: float) -> FfmpegRun:
         ffmpeg = ffmpeg_binary()
         assert ffmpeg is not None
-        argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-re"]
+        argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", *([] if self.paced else ["-re"])]
         if start > 0 and not self.live:
             argv += ["-ss", f"{start:.3f}"]  # copy: from the keyframe at or before it
         argv += self._input()
@@ -304,9 +334,14 @@ class ExternalPush:
                      "-flush_packets", "1", f"pipe:{self.fds['video']}"]
         if "audio" in self.fds:
             argv += ["-map", "0:a:0", "-c:a", "libopus", "-b:a", "64k", "-ar", "48000",
-                     "-ac", "1" if (self.info.audio_channels or 1) == 1 else "2", "-frame_duration", "20",
-                     "-f", "ogg", "-page_duration", "20000", "-flush_packets", "1", f"pipe:{self.fds['audio']}"]
+                     "-ac", "1" if (self.info.audio_channels or 1) == 1 else "2",
+                     "-frame_duration", str(OPUS_FRAME_MS), "-f", "ogg", "-page_duration", str(OPUS_FRAME_MS * 1000),
+                     "-flush_packets", "1", f"pipe:{self.fds['audio']}"]
         argv += ["-progress", "pipe:1", "-stats_period", "0.5"]
+        if self.paced:
+            if self.run_starts and "video" in self.fds:  # the publisher's mark: the next run begins
+                await asyncio.to_thread(os.write, self.fds["video"], END_OF_RUN)
+            self.run_starts.append(start)
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, pass_fds=tuple(self.fds.values()), preexec_fn=_die_with_parent)
@@ -353,7 +388,8 @@ class ExternalPush:
             while True:
                 done, _ = await asyncio.wait([waiting, stopping, gone], timeout=0.5,
                                              return_when=asyncio.FIRST_COMPLETED)
-                self.on_position(base + run.out_time)
+                if not self.paced:
+                    self.on_position(base + run.out_time)
                 if stopping in done:
                     await run.stop()
                     return None

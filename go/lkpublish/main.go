@@ -31,6 +31,8 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,18 +67,30 @@ func main() {
 	stereo := flag.Bool("stereo", false, "the sound is stereo")
 	videoName := flag.String("video-name", "main-video", "name of the video track")
 	audioName := flag.String("audio-name", "main-audio", "name of the audio track")
+	pace := flag.Bool("pace", false, "pace the samples by their media times (FFmpeg reads a file without -re)")
 	flag.Parse()
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(1) // one thread runs it all: measured 0.027-0.035 core against 0.044 with 2
+	}
 	token := os.Getenv("LIVEKIT_TOKEN")
 	if *url == "" || token == "" || (*videoFd < 0 && *audioFd < 0) {
 		fmt.Fprintln(os.Stderr, "capstan-lkpublish: -url, LIVEKIT_TOKEN and at least one of -video-fd, -audio-fd are needed")
 		os.Exit(2)
 	}
-	lksdk.SetLogger(logger.GetLogger()) // warnings and errors of the SDK to standard error
-	os.Exit(run(*url, token, *videoFd, *audioFd, *fps, *width, *height, *stereo, *videoName, *audioName))
+	lksdk.SetLogger(logger.GetLogger())                                // warnings and errors of the SDK to standard error
+	if path := os.Getenv("CAPSTAN_LKPUBLISH_CPUPROFILE"); path != "" { // bench/push_profile.py
+		if f, err := os.Create(path); err == nil && pprof.StartCPUProfile(f) == nil {
+			code := run(*url, token, *videoFd, *audioFd, *fps, *width, *height, *stereo, *videoName, *audioName, *pace)
+			pprof.StopCPUProfile()
+			f.Close()
+			os.Exit(code)
+		}
+	}
+	os.Exit(run(*url, token, *videoFd, *audioFd, *fps, *width, *height, *stereo, *videoName, *audioName, *pace))
 }
 
 func run(url, token string, videoFd, audioFd int, fps float64, width, height int, stereo bool,
-	videoName, audioName string) int {
+	videoName, audioName string, pace bool) int {
 	gone := make(chan string, 1)
 	cb := lksdk.NewRoomCallback()
 	cb.OnDisconnectedWithReason = func(reason lksdk.DisconnectionReason) {
@@ -94,6 +108,13 @@ func run(url, token string, videoFd, audioFd int, fps float64, width, height int
 
 	var keyframeRequests atomic.Int64
 	var wg sync.WaitGroup
+	tracks := 0
+	for _, fd := range []int{videoFd, audioFd} {
+		if fd >= 0 {
+			tracks++
+		}
+	}
+	line := newTimeline(tracks)
 	counts := map[string]*atomic.Int64{"video_frames": {}, "audio_packets": {}}
 	if videoFd >= 0 {
 		track, err := lksdk.NewLocalTrack(webrtc.RTPCodecCapability{
@@ -117,11 +138,12 @@ func run(url, token string, videoFd, audioFd int, fps float64, width, height int
 		go func() {
 			defer wg.Done()
 			frame := time.Duration(float64(time.Second) / max(fps, 1))
-			var clock mediaClock
+			clock := sampleClock(pace, line)
+			defer clock.done()
 			err := readAnnexB(os.NewFile(uintptr(videoFd), "video"), func(unit []byte) {
-				_ = track.WriteSample(media.Sample{Data: unit, Duration: clock.next(time.Now(), frame)}, nil)
+				_ = track.WriteSample(media.Sample{Data: unit, Duration: clock.next(frame)}, nil)
 				counts["video_frames"].Add(1)
-			})
+			}, clock.boundary)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "capstan-lkpublish: reading the video: %v\n", err)
 			}
@@ -142,11 +164,12 @@ func run(url, token string, videoFd, audioFd int, fps float64, width, height int
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var clock mediaClock
+			clock := sampleClock(pace, line)
+			defer clock.done()
 			err := readOggOpus(os.NewFile(uintptr(audioFd), "audio"), func(packet []byte) {
-				_ = track.WriteSample(media.Sample{Data: packet, Duration: clock.next(time.Now(), opusDuration(packet))}, nil)
+				_ = track.WriteSample(media.Sample{Data: packet, Duration: clock.next(opusDuration(packet))}, nil)
 				counts["audio_packets"].Add(1)
-			})
+			}, clock.boundary)
 			if err != nil {
 				fmt.Fprintf(os.Stderr, "capstan-lkpublish: reading the audio: %v\n", err)
 			}
@@ -158,7 +181,7 @@ func run(url, token string, videoFd, audioFd int, fps float64, width, height int
 	go func() { wg.Wait(); close(ended) }()
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	reported := int64(0)
 	code, why := 0, "the sources ended"
@@ -166,6 +189,10 @@ loop:
 	for {
 		select {
 		case <-tick.C:
+			if pace {
+				run, at := line.position()
+				say(map[string]any{"event": "position", "run": run, "seconds": at.Seconds()})
+			}
 			if n := keyframeRequests.Load(); n != reported {
 				reported = n
 				say(map[string]any{"event": "keyframe_requests", "count": n})
@@ -181,9 +208,173 @@ loop:
 			break loop
 		}
 	}
+	run, at := line.position()
 	say(map[string]any{"event": "ended", "reason": why, "keyframe_requests": keyframeRequests.Load(),
-		"video_frames": counts["video_frames"].Load(), "audio_packets": counts["audio_packets"].Load()})
+		"video_frames": counts["video_frames"].Load(), "audio_packets": counts["audio_packets"].Load(),
+		"run": run, "seconds": at.Seconds()})
 	return code
+}
+
+// clock gives each sample its RTP distance from the one before, waiting first where it paces.
+type clock interface {
+	next(length time.Duration) time.Duration
+	boundary() // the source's next run begins (a file's next loop)
+	done()     // the track's pipe ended
+}
+
+func sampleClock(pace bool, line *timeline) clock {
+	if pace {
+		return &pacedClock{line: line}
+	}
+	return &arrivalClock{line: line}
+}
+
+// arrivalClock: FFmpeg -re paces (a live stream): samples leave as they arrive.
+type arrivalClock struct {
+	mediaClock
+	line *timeline
+}
+
+func (c *arrivalClock) next(length time.Duration) time.Duration {
+	return c.mediaClock.next(time.Now(), length)
+}
+func (c *arrivalClock) boundary() {}
+func (c *arrivalClock) done()     {}
+
+// timeline: the media clock the paced tracks share. Media time 0 is at wall time `origin` (the
+// first sample); a track whose sample is read more than `gap` after its due time (a stalled
+// source) moves the origin on for both, so they stay together and the RTP times show the gap.
+// A file's runs follow each other on it: the next run starts where the longer track of the last
+// one ended, once every track has reached the boundary (each waits for the other there).
+type timeline struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	origin time.Time
+	shift  time.Duration           // stalls so far
+	tracks int                     // tracks whose pipe has not ended
+	ends   map[int][]time.Duration // boundary -> where the tracks that reached it ended
+	starts map[int]time.Duration   // boundary -> where the next run starts
+	clocks []*pacedClock
+}
+
+func newTimeline(tracks int) *timeline {
+	t := &timeline{tracks: tracks, ends: map[int][]time.Duration{}, starts: map[int]time.Duration{}}
+	t.cond = sync.NewCond(&t.mu)
+	return t
+}
+
+// settle: with t.mu held, fix the starts of the boundaries every remaining track has reached.
+func (t *timeline) settle() {
+	for k, ends := range t.ends {
+		if _, fixed := t.starts[k]; !fixed && len(ends) >= t.tracks {
+			start := time.Duration(0)
+			for _, e := range ends {
+				start = max(start, e)
+			}
+			t.starts[k] = start
+			t.cond.Broadcast()
+		}
+	}
+}
+
+// position: the run and the media seconds into it that every track has published (the least).
+func (t *timeline) position() (int, time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	run, at, any := 0, time.Duration(0), false
+	for _, c := range t.clocks {
+		if c.ended {
+			continue
+		}
+		r, a := c.run, c.sent-c.runStart
+		if !any || r < run || (r == run && a < at) {
+			run, at, any = r, a, true
+		}
+	}
+	if !any {
+		for _, c := range t.clocks { // all ended: the furthest
+			if r, a := c.run, c.sent-c.runStart; r > run || (r == run && a > at) {
+				run, at = r, a
+			}
+		}
+	}
+	return run, at
+}
+
+// pacedClock: one track on the timeline; each sample waits until its media time is due.
+type pacedClock struct {
+	line                *timeline
+	pos, last           time.Duration // media time of the next sample, of the last one
+	sent                time.Duration // media time up to which samples have gone out
+	runStart            time.Duration
+	run                 int
+	seenShift           time.Duration
+	started, registered bool
+	ended               bool
+}
+
+func (c *pacedClock) next(length time.Duration) time.Duration {
+	t := c.line
+	t.mu.Lock()
+	if !c.registered {
+		c.registered = true
+		t.clocks = append(t.clocks, c)
+	}
+	if t.origin.IsZero() {
+		t.origin = time.Now()
+	}
+	due := t.origin.Add(c.pos)
+	if late := time.Since(due); late > gap {
+		t.origin = t.origin.Add(late)
+		t.shift += late
+		due = due.Add(late)
+	}
+	stalled := t.shift - c.seenShift
+	c.seenShift = t.shift
+	t.mu.Unlock()
+	if wait := time.Until(due); wait > 0 {
+		time.Sleep(wait)
+	}
+	distance := length
+	if c.started {
+		distance = c.pos - c.last + stalled
+	}
+	c.started = true
+	c.last = c.pos
+	c.pos += length
+	t.mu.Lock()
+	c.sent = c.pos
+	t.mu.Unlock()
+	return distance
+}
+
+func (c *pacedClock) boundary() {
+	t := c.line
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !c.registered {
+		c.registered = true
+		t.clocks = append(t.clocks, c)
+	}
+	k := c.run
+	t.ends[k] = append(t.ends[k], c.pos)
+	t.settle()
+	for {
+		if start, ok := t.starts[k]; ok {
+			c.pos, c.runStart, c.sent, c.run = start, start, start, k+1
+			return
+		}
+		t.cond.Wait()
+	}
+}
+
+func (c *pacedClock) done() {
+	t := c.line
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c.ended = true
+	t.tracks--
+	t.settle()
 }
 
 // gapSeconds: a sample this much later than its media time says starts a new stretch (a file's
@@ -219,7 +410,7 @@ func (c *mediaClock) next(now time.Time, length time.Duration) time.Duration {
 // whose first_mb_in_slice is 0 (its first bit after the NAL header is 1) after a slice. So a unit
 // is handed on when the first NAL of the next one has arrived (FFmpeg writes one unit per write):
 // one picture's time after it was read.
-func readAnnexB(r io.Reader, unit func([]byte)) error {
+func readAnnexB(r io.Reader, unit func([]byte), boundary func()) error {
 	var buf, au []byte
 	sawSlice := false
 	chunk := make([]byte, 256<<10)
@@ -234,6 +425,14 @@ func readAnnexB(r io.Reader, unit func([]byte)) error {
 		if sawSlice && starts && len(au) > 0 {
 			unit(au)
 			au, sawSlice = nil, false
+		}
+		if kind == 11 { // end of stream: the controller's mark between two runs of the source
+			if len(au) > 0 {
+				unit(au)
+			}
+			au, sawSlice = nil, false
+			boundary()
+			return
 		}
 		if kind == 9 { // delimiters are dropped: WebRTC does not want them
 			return
@@ -291,10 +490,11 @@ func startCode(b []byte, from int) int {
 
 // readOggOpus calls packet with each Opus packet of the Ogg stream(s) in r until its end; the
 // OpusHead and OpusTags packets of every stream are skipped (a new FFmpeg run starts a new stream).
-func readOggOpus(r io.Reader, packet func([]byte)) error {
+func readOggOpus(r io.Reader, packet func([]byte), boundary func()) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	header := make([]byte, 27)
 	var pending []byte
+	streams := 0
 	for {
 		if _, err := io.ReadFull(br, header); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -318,8 +518,11 @@ func readOggOpus(r io.Reader, packet func([]byte)) error {
 		if _, err := io.ReadFull(br, body); err != nil {
 			return nil
 		}
-		if header[5]&0x02 != 0 { // beginning of a stream
+		if header[5]&0x02 != 0 { // beginning of a stream: a run after the first one starts
 			pending = nil
+			if streams++; streams > 1 {
+				boundary()
+			}
 		}
 		at := 0
 		for _, s := range segments {

@@ -17,7 +17,7 @@ from capstan.pusher.session import PushSession
 from capstan.worker.base import WorkerContext
 from devstack import pushmedia
 
-from .conftest import watch
+from .conftest import Seen, watch
 
 pytestmark = [pytest.mark.stack, pytest.mark.timeout(180)]
 LOOPBACK_ALLOWED = UrlPolicy.from_env({"CAPSTAN_URL_ALLOW_CIDRS": "127.0.0.0/8"})
@@ -95,3 +95,36 @@ def test_a_failover_attempt_starts_at_the_saved_position(room_server: Any, media
     print(seen.numbers()[:40])
     assert numbers and 9.5 * pushmedia.FPS <= numbers[0] <= 12 * pushmedia.FPS, numbers[:10]
     assert [t for t, _ in worker.events] == [402, 403] and worker.events[0][1]["From"] == "status"
+
+
+@pytest.mark.parametrize("room_server", ["livekit"], indirect=True)
+def test_a_looped_file_plays_again_in_time_and_in_sync(room_server: Any, media_server: Any) -> None:
+    """loop: the 6 s file twice and more, without a pause at the seam, sound still with the pictures,
+    and status.progress back near 0 in the second run (on LiveKit the publisher paces the runs)."""
+    room = f"push-{uuid.uuid4().hex[:8]}"
+    worker = FakeWorker()
+    s = session(room_server, room, f"{media_server.url}/short.mp4", worker, loop=True)
+
+    async def scenario() -> Any:
+        control = room_server.control()
+        await control.create_room(room)
+        await control.aclose()
+        pushing = asyncio.create_task(s.run())
+        seen = await watch(room_server, room, "pusher", 16)
+        worker.stop_event.set()
+        assert await asyncio.wait_for(pushing, 30) == 0
+        return seen
+
+    seen = asyncio.run(scenario())
+    numbers = seen.numbers()
+    seams = [i for i in range(1, len(numbers)) if numbers[i] < numbers[i - 1] - pushmedia.FPS]
+    assert seams, numbers[::15]
+    at = seams[0]
+    assert numbers[at - 1] >= 5.5 * pushmedia.FPS and numbers[at] <= 0.5 * pushmedia.FPS, numbers[at - 5:at + 5]
+    frame_times = [t for t, *_ in seen.video]
+    assert frame_times[at] - frame_times[at - 1] < 0.4, "a pause at the seam"
+    second_run = Seen(video=seen.video[at:], audio=[a for a in seen.audio if a[0] >= frame_times[at] - 0.1])
+    offsets = second_run.av_offsets()
+    assert offsets and abs(float(np.median(offsets))) < 0.1, offsets
+    positions = [r["progress"]["positionSeconds"] for r in worker.reports if "progress" in r]
+    assert any(b < a - 3 for a, b in zip(positions, positions[1:], strict=False)), positions
