@@ -5,7 +5,7 @@ pass-through and with forced re-encode, beside ``ffmpeg -re -i FILE -c copy -f n
 The pusher runs as its own process (``python -m bench.push child ...``): the session of the worker
 (capstan/pusher/session.py) with a stand-in for the worker's Kubernetes side, so what is measured
 is the media path: HTTP reads, demux, Annex B, pacing, audio decode and resample, the LiveKit SDK
-(and, re-encoding, decode plus libwebrtc's encoder); with the Go data plane (capstan/pusher/external.py)
+(and, re-encoding with the Python SDK, decode plus libwebrtc's encoder); with the Go data plane (capstan/pusher/external.py)
 the CPU of its FFmpeg and capstan-lkpublish children is counted too (all processes of a push).
 Results: ``bench/results/push.json``.
 """
@@ -29,8 +29,8 @@ from bench.common import FFMPEG, ROOT, Sample, cpu_model, measure, median, now_u
 SECONDS = 20.0
 # The pusher's sides: pass-through through FFmpeg + capstan-lkpublish (the default), pass-through with
 # the LiveKit Python SDK in the pusher's process (CAPSTAN_PUSH_DATAPLANE=python), forced re-encode
-# (the Python SDK's VP8), forced re-encode through FFmpeg's libx264 + capstan-lkpublish.
-PUSHERS = ("pass-through", "pass-through python", "re-encode", "re-encode go")
+# through FFmpeg's libx264 + capstan-lkpublish (the default), forced re-encode with the Python SDK's VP8.
+PUSHERS = ("pass-through", "pass-through python", "re-encode", "re-encode python")
 
 
 class _Worker:
@@ -112,9 +112,10 @@ def run(repeats: int, out: Path) -> None:
             sides: dict[str, tuple[list[str], dict[str, str]]] = {
                 "pass-through": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_DATAPLANE": "go"}),
                 "pass-through python": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_DATAPLANE": "python"}),
-                "re-encode": ([*py, f"bench-{uuid.uuid4().hex[:6]}"], {"CAPSTAN_PUSH_REENCODE": "1"}),
-                "re-encode go": ([*py, f"bench-{uuid.uuid4().hex[:6]}"],
-                                 {"CAPSTAN_PUSH_REENCODE": "1", "CAPSTAN_PUSH_REENCODE_DATAPLANE": "go"}),
+                "re-encode": ([*py, f"bench-{uuid.uuid4().hex[:6]}"],
+                              {"CAPSTAN_PUSH_REENCODE": "1", "CAPSTAN_PUSH_REENCODE_DATAPLANE": "go"}),
+                "re-encode python": ([*py, f"bench-{uuid.uuid4().hex[:6]}"],
+                                     {"CAPSTAN_PUSH_REENCODE": "1", "CAPSTAN_PUSH_REENCODE_DATAPLANE": "python"}),
                 "ffmpeg copy": ([FFMPEG, "-nostdin", "-re", "-i", str(source), "-c", "copy", "-f", "null", "-"], {}),
                 "ffmpeg encode": ([FFMPEG, "-nostdin", "-re", "-i", str(source), *x264, "-f", "null", "-"], {}),
             }

@@ -1,16 +1,17 @@
-"""The LiveKit pass-through data plane out of Python: FFmpeg reads, a Go publisher publishes.
+"""The LiveKit data plane out of Python: FFmpeg reads (and re-encodes), a Go publisher publishes.
 
-For an H.264 source without B-frames into a LiveKit room (the case :meth:`SourceInfo.passes_through`
-decides), the pusher's Python process stays the controller (URL policy, probe, start position,
-status.progress and Redis, loop, live reconnection with backoff, callbacks, phases) and hands the
-media to two child processes:
+For a push into a LiveKit room the pusher's Python process stays the controller (URL policy, probe,
+start position, status.progress and Redis, loop, live reconnection with backoff, callbacks, phases)
+and hands the media to two child processes (docs/streampush.md):
 
-- ``ffmpeg -re [-ss POS] -i SOURCE -map 0:v:0 -c:v copy -bsf:v h264_mp4toannexb -f h264 pipe:V
-  -map 0:a:0 -c:a libopus -f ogg pipe:A -progress pipe:1``: reads the source at real speed, copies
-  the video's access units as Annex B and encodes the sound to Opus (20 ms packets, one an Ogg page);
-  its ``-progress`` lines give the position (``out_time_us``) to status.progress and Redis;
+- ``ffmpeg [-ss POS] -i SOURCE -map 0:v:0 -c:v copy -bsf:v h264_mp4toannexb -f h264 pipe:V
+  -map 0:a:0 -c:a libopus -f ogg pipe:A -progress pipe:1``: copies the video's access units as
+  Annex B (an H.264 source without B-frames) or re-encodes them with libx264, and encodes the sound
+  to Opus (60 ms packets, one an Ogg page);
 - ``capstan-lkpublish`` (go/lkpublish, LiveKit's Go SDK on pion): joins the room with the worker's
-  token as ``userId`` and publishes each access unit and Opus packet as it arrives.
+  token as ``userId`` and publishes each access unit and Opus packet. A file's samples it paces
+  itself on their media times (``-pace``; FFmpeg reads without ``-re``) and reports the position it
+  has published; a live stream's FFmpeg reads with ``-re`` and its ``out_time`` is the position.
 
 The pipes go from FFmpeg straight to the publisher; the controller holds their write ends too, so a
 new FFmpeg run (a file's next loop, a live stream's reconnection) writes on where the last one
@@ -52,10 +53,11 @@ log = logging.getLogger("capstan.pusher")
 # "go": LiveKit pass-through through FFmpeg + capstan-lkpublish; "python": the LiveKit Python SDK in
 # this process (the path of sessions 1-5).
 DATAPLANE = os.environ.get("CAPSTAN_PUSH_DATAPLANE", "go")
-# "go": a re-encoded push into LiveKit (forced, B-frames, another codec) is encoded by FFmpeg's libx264
-# and published by capstan-lkpublish too; "python" (the default): decoded by the pusher, encoded by
-# the LiveKit Python SDK (VP8).
-REENCODE_DATAPLANE = os.environ.get("CAPSTAN_PUSH_REENCODE_DATAPLANE", "python")
+# "go" (the default): a re-encoded push into LiveKit (forced, B-frames, another codec) is encoded by
+# FFmpeg's libx264 and published by capstan-lkpublish too, paced by it like a copied one: 0.31-0.33
+# of a core against 0.35-0.36 for `ffmpeg -re` re-encoding alone and 0.40-0.42 for "python" (decoded
+# by the pusher, encoded by the LiveKit Python SDK's VP8), bench/README.md.
+REENCODE_DATAPLANE = os.environ.get("CAPSTAN_PUSH_REENCODE_DATAPLANE", "go")
 # libx264 as bench/push.py's FFmpeg side, one thread up to 720p30 (capstan/media/pipeline/encoding.py),
 # zerolatency: no lookahead, whose frames of delay would put the pictures behind the sound.
 X264 = ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-b:v", "2500k", "-bf", "0",
@@ -243,7 +245,7 @@ class ExternalPush:
         self.reconnects = 0
         # paced by the publisher (a file's copied push): the start position of each FFmpeg run, by
         # the run's number, and the publisher's reports of what it has published of which run
-        self.paced = not live and not reencode
+        self.paced = not live
         self.run_starts: list[float] = []
 
     # --- the publisher -------------------------------------------------------------------------

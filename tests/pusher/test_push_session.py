@@ -74,6 +74,25 @@ def test_a_file_reaches_a_subscriber_with_its_frames_size_tone_and_sync(room_ser
 
 
 @pytest.mark.parametrize("room_server", ["livekit"], indirect=True)
+def test_a_file_with_b_frames_is_re_encoded_and_reaches_a_subscriber_in_sync(room_server: Any,
+                                                                            media_server: Any) -> None:
+    """B-frames cannot pass through: FFmpeg's libx264 re-encodes, capstan-lkpublish publishes."""
+    room = f"push-{uuid.uuid4().hex[:8]}"
+    worker = FakeWorker()
+    s = session(room_server, room, f"{media_server.url}/bframes.mp4", worker)
+    code, seen = asyncio.run(push_and_watch(room_server, room, s, 40))
+    assert code == 0
+    assert any("re-encoded video (libx264) 1280x720" in str(r.get("message")) for r in worker.reports), worker.reports
+    assert seen.sizes() == {(pushmedia.WIDTH, pushmedia.HEIGHT)}
+    numbers = seen.numbers()
+    assert len(numbers) > 200 and numbers[-1] > 11 * pushmedia.FPS, numbers[-20:]
+    assert abs(seen.tone_hz() - pushmedia.TONE_HZ) < 10
+    offsets = seen.av_offsets()
+    assert offsets and abs(float(np.median(offsets))) < 0.1, offsets
+    print("offsets", offsets, "frames", len(numbers))
+
+
+@pytest.mark.parametrize("room_server", ["livekit"], indirect=True)
 def test_a_failover_attempt_starts_at_the_saved_position(room_server: Any, media_server: Any) -> None:
     room = f"push-{uuid.uuid4().hex[:8]}"
     worker = FakeWorker(attempt=2)
