@@ -5,8 +5,9 @@ pass-through and with forced re-encode, beside ``ffmpeg -re -i FILE -c copy -f n
 The pusher runs as its own process (``python -m bench.push child ...``): the session of the worker
 (capstan/pusher/session.py) with a stand-in for the worker's Kubernetes side, so what is measured
 is the media path: HTTP reads, demux, Annex B, pacing, audio decode and resample, the LiveKit SDK
-(and, re-encoding with the Python SDK, decode plus libwebrtc's encoder); with the Go data plane (capstan/pusher/external.py)
-the CPU of its FFmpeg and capstan-lkpublish children is counted too (all processes of a push).
+(and, re-encoding with the Python SDK, decode plus libwebrtc's encoder); with the Go data plane
+(capstan/pusher/external.py) the CPU of its FFmpeg and capstan-lkpublish children is counted too
+(all processes of a push).
 Results: ``bench/results/push.json``.
 """
 
