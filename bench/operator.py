@@ -98,6 +98,17 @@ class CpuByRole:
 WORKERS_CGROUP = Path("/sys/fs/cgroup/cpu/capstan-bench-workers")  # cgroup v1 `cpu` controller
 
 
+def _profile(pid: int, work: Path) -> subprocess.Popen | None:
+    """With BENCH_OPERATOR_PROFILE=<seconds>: py-spy samples the operator (threads holding the GIL)
+    for that long from the first create, into operator-run/profile.txt (collapsed stacks)."""
+    seconds = os.environ.get("BENCH_OPERATOR_PROFILE")
+    if not seconds:
+        return None
+    return subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(pid), "--gil",
+                             "--nonblocking", "--format", "raw", "--duration", seconds,
+                             "--output", str(work / "profile.txt")], stdout=subprocess.DEVNULL)
+
+
 def workers_cpu_group() -> str:
     """Put the pod runner and the workers it starts into a CPU cgroup of the least weight
     (cpu.shares 2): they stand in for other nodes. nice 19 alone does not do it: each worker is a
@@ -279,11 +290,14 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100, ste
             api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _request_timeout=60)
 
         by_role = CpuByRole(op.pid, runner.pid)
+        profile = _profile(op.pid, work)
         cpu0 = by_role.read()
         t0 = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
             list(pool.map(create, names))
         result["create_seconds"] = round(time.monotonic() - t0, 1)
+        if profile is not None:
+            profile.wait(timeout=120)
         result["cores_by_role"] = {"creates": by_role.cores(cpu0, by_role.read(), time.monotonic() - t0)}
         print(f"operator bench: {n} tasks created in {result['create_seconds']} s", flush=True)
 

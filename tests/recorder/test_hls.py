@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from capstan.media import naming, playlist
+from capstan.media.pipeline import hls as hls_sink
 from capstan.media.pipeline.encoding import AudioEncoding, VideoEncoding
 from capstan.recorder.hls import FirstSegment, HlsOutput, HlsTrackWriter, HlsWriter, StreamNames
 from capstan.storage.uploader import Uploader
@@ -206,6 +207,21 @@ def test_a_resolution_change_mid_stream_is_not_squeezed(tmp_path: Path) -> None:
     four_three = pictures[4]
     assert four_three[360, 640] == pytest.approx(blue, abs=8)
     assert four_three[360, 20].max() < 30 and four_three[360, 1260].max() < 30  # 960x720 centred on black
+
+
+def test_a_segment_file_without_media_is_neither_kept_nor_listed(tmp_path: Path, monkeypatch: Any) -> None:
+    """A closed segment whose file holds only the TS tables (seen once in CI as the last segment
+    of a recording) is dropped: every listed segment opens in a player."""
+    writer = _video_writer(tmp_path)
+    for frame, t in video_frames(T0, 5.0):
+        writer.write(frame, t)
+    for packet in writer._video.flush() if writer._video else []:
+        writer.sink.mux(packet, "video")
+    monkeypatch.setattr(hls_sink, "EMPTY_TS_BYTES", 10**9)  # the open (last) segment counts as empty
+    segments = writer.close()
+    assert [round(s.start - T0) for s in segments] == [0, 2]
+    assert [e.uri for e in _playlist(writer).entries] == [s.name for s in segments]
+    assert sorted(p.name for p in writer.work_dir.glob("*.ts*")) == sorted(s.name for s in segments)
 
 
 def test_a_frame_rate_cap_drops_pictures_and_none_keeps_them(tmp_path: Path) -> None:

@@ -98,6 +98,8 @@ def test_a_camera_switching_resolution_mid_stream_is_recorded_unsqueezed(recorde
     last = entries[-1].uri
     assert naming.parse_name(last).start.timestamp() > switched + 1  # a segment wholly after the switch
     mp4 = stored[naming.single_mp4_name(SDKAPPID, room.name, "alice", "main", 1)]
+    sizes = [(e.uri[-21:], len(stored[e.uri])) for e in entries]
+    assert all(size > 2 * 188 for _, size in sizes), sizes  # more than the TS tables in every segment
     for data, what in ((stored[last], "last segment"), (mp4, "mp4")):
         assert video_size(data) == (1280, 720), what
         pictures, _ = decode(data, "video")

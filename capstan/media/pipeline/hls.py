@@ -40,6 +40,7 @@ PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
 # costs its own PES and TS packets, ~2.5x the size) but keep our timestamps as they are (copyts).
 TS_OPTIONS = {"max_delay": "500000", "mpegts_copyts": "1"}
 DISK_RETRY_SECONDS = 2.0
+EMPTY_TS_BYTES = 2 * 188  # PAT and PMT, no PES
 log = logging.getLogger(__name__)
 
 
@@ -321,10 +322,15 @@ class HlsSink:
         assert segment is not None
         self._segment = None
         segment.container.close()
+        part = Path(str(segment.path) + ".part")
         if segment.end_ticks <= segment.start_ticks:  # no packet reached it (a stop right at a cut)
-            Path(str(segment.path) + ".part").unlink(missing_ok=True)
+            part.unlink(missing_ok=True)
             return
-        os.replace(str(segment.path) + ".part", segment.path)
+        if part.stat().st_size <= EMPTY_TS_BYTES:  # tables only: players and probes fail on it
+            log.warning("%s: no media reached the file; segment dropped", segment.name)
+            part.unlink()
+            return
+        os.replace(part, segment.path)
         if self.disk_full:
             self._disk_writes_again()
         if self.output.encryption is not None:  # media sequence 0 is the first segment
