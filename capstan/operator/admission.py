@@ -64,20 +64,55 @@ class Quota:
     @staticmethod
     def waiting(view: list[QueueEntry]) -> list[QueueEntry]:
         """Queued tasks, first come first served."""
-        return sorted((e for e in view if not e.admitted and not e.terminal),
-                      key=lambda e: (e.created, e.name, e.uid))
+        return sorted((e for e in view if not e.admitted and not e.terminal), key=_order)
 
     def place(self, entries: list[QueueEntry], entry: QueueEntry) -> int:
-        """0 if `entry` may start now, else its 1-based place in the queue."""
-        view = self.view(entries)
-        if not any(e.uid == entry.uid for e in view):
-            view.append(entry)  # the index has not seen it yet: it still queues like the others
-        mine = next(e for e in view if e.uid == entry.uid)
-        if mine.admitted or mine.terminal:
+        """0 if `entry` may start now, else its 1-based place in the queue.
+
+        One pass, no sort and no copies: it runs on every event of every task, so with a thousand
+        queued tasks building the sorted view each time was a third of the operator's CPU (issue 11)."""
+        self._drop_shown(entries)
+        mine = next((e for e in entries if e.uid == entry.uid), entry)  # not indexed yet: it queues
+        if self._holds(mine) or self._ended(mine):
             return 0
-        free = self.free(view)
-        index = next(i for i, e in enumerate(self.waiting(view)) if e.uid == entry.uid)
-        return 0 if index < free else index - free + 1
+        key, active, ahead = _order(mine), 0, 0
+        for e in entries:
+            if self._ended(e):
+                continue
+            if self._holds(e):
+                active += 1
+            elif _order(e) < key:
+                ahead += 1
+        free = max(self.max_tasks - active, 0)
+        return 0 if ahead < free else ahead - free + 1
+
+    def has_free_place_for_someone(self, entries: list[QueueEntry]) -> bool:
+        """A place is free and a task waits for it (one pass, like `place`)."""
+        self._drop_shown(entries)
+        active, waiting = 0, False
+        for e in entries:
+            if self._ended(e):
+                continue
+            if self._holds(e):
+                active += 1
+            else:
+                waiting = True
+        return waiting and active < self.max_tasks
+
+    def _drop_shown(self, entries: list[QueueEntry]) -> None:
+        """Forget the marks the watch shows now (as `view` does)."""
+        if self.admitted or self.ended:
+            for e in entries:
+                if e.admitted:
+                    self.admitted.discard(e.uid)
+                if e.terminal:
+                    self.ended.discard(e.uid)
+
+    def _holds(self, e: QueueEntry) -> bool:
+        return e.admitted or e.uid in self.admitted
+
+    def _ended(self, e: QueueEntry) -> bool:
+        return e.terminal or e.uid in self.ended
 
     def admit(self, uid: str) -> None:
         self.admitted.add(uid)
@@ -89,6 +124,11 @@ class Quota:
     def forget(self, uid: str) -> None:
         self.admitted.discard(uid)
         self.ended.discard(uid)
+
+
+def _order(e: QueueEntry) -> tuple[str, str, str]:
+    """First come first served: creation time, then name and uid (unique) for the same second."""
+    return e.created, e.name, e.uid
 
 
 def place_worth_showing(shown: int | None, place: int) -> bool:

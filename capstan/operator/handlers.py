@@ -8,6 +8,7 @@ Timers are only a slow safety net, plus a fast one while callbacks wait for thei
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -21,7 +22,7 @@ from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, PREFIX
 from capstan.operator.kopf_persistence import UnchangedDiffBase
 from capstan.operator.phases import PodObservation
 from capstan.operator.reconcile import admit, finish, retry, task, worker
-from capstan.operator.reconcile.state import OperatorState
+from capstan.operator.reconcile.state import KindState, OperatorState
 
 CONFIG = OperatorConfig.from_env()
 CALLBACK_RETRY_INTERVAL = 1.0  # how soon a due callback retry is noticed (backoff starts at 1 s)
@@ -43,13 +44,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 90
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 64  # threads mostly wait for the API server (kube.CONNECTION_POOL_SIZE)
+    # The token SDK (livekit-api) is imported now, not by the first admission: that import held the
+    # import lock, and with it every handler thread, for half a second at the start of a burst.
+    importlib.import_module("capstan.rooms.tokens")
     memo.capstan = OperatorState.create(CONFIG, _post_event)
     metrics.track(memo.capstan)
     metrics.serve()
 
 
-def _entries(index: kopf.Index) -> Iterable[QueueEntry]:
-    return [entry for _, store in index.items() for entry in store]
+def _entries(kind: KindState) -> Iterable[QueueEntry]:
+    return list(kind.queue.values())  # dict.copy-like: atomic under the GIL while the loop adds to it
 
 
 def register(info: KindInfo) -> None:
@@ -70,7 +74,7 @@ def register(info: KindInfo) -> None:
         return pod
 
     def run(state: OperatorState, body: dict[str, Any], kwargs: dict[str, Any]) -> None:
-        pods, entries = lookup(kwargs), (lambda: _entries(kwargs[queue_id]))
+        pods, entries = lookup(kwargs), (lambda: _entries(state.kinds[plural]))
         try:
             freed = task.reconcile(state, info, body, pods, entries)
         except Exception as exc:  # noqa: BLE001 - kopf drops a failed event handler's event for good
@@ -84,9 +88,13 @@ def register(info: KindInfo) -> None:
     # lookup are complete from the first decision on (an operator restart admits nobody twice).
     # Async (on kopf's event loop): they only copy fields, and each event of a burst would otherwise
     # wait for a handler thread behind the reconcile passes.
+    # The queue is also kept as a plain dict by uid (KindState.queue): reading kopf's index took a
+    # tenth of the operator's CPU in a burst, read twice on every event of every task (issue 11).
     @kopf.index(GROUP, VERSION, plural, id=queue_id)
-    async def queue_index(body: kopf.Body, **_: Any) -> dict:
-        return {body["metadata"]["uid"]: task.queue_entry(dict(body))}
+    async def queue_index(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict:
+        entry = task.queue_entry(dict(body))
+        memo.capstan.kinds[plural].queue[entry.uid] = entry
+        return {entry.uid: entry}
 
     @kopf.index("", "v1", "pods", labels=pod_filter, id=pods_id)
     async def pod_index(body: kopf.Body, meta: kopf.Meta, **_: Any) -> dict:
@@ -96,8 +104,9 @@ def register(info: KindInfo) -> None:
     def task_changed(body: kopf.Body, meta: kopf.Meta, type: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
         state: OperatorState = memo.capstan
         if type == "DELETED":
+            state.kinds[plural].queue.pop(meta["uid"], None)
             state.kinds[plural].forget(meta["namespace"], meta["name"])
-            entries = lambda: _entries(kwargs[queue_id])  # noqa: E731
+            entries = lambda: _entries(state.kinds[plural])  # noqa: E731
             if _has_free_place(state, plural, entries):
                 task.admit_waiting(state, info, lookup(kwargs), entries)
             return
@@ -142,8 +151,7 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
 def _has_free_place(state: OperatorState, plural: str, entries: Any) -> bool:
     kind = state.kinds[plural]
     with kind.quota_lock:
-        view = kind.quota.view(list(entries()))
-        return kind.quota.free(view) > 0 and bool(kind.quota.waiting(view))
+        return kind.quota.has_free_place_for_someone(list(entries()))
 
 
 def _needs_finalizer(status: kopf.Status) -> bool:

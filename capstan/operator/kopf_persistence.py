@@ -23,12 +23,19 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import kopf
 
 
 class UnchangedDiffBase(kopf.DiffBaseStorage):
-    """A diff base kept nowhere: the stored essence is always the object's current one, so kopf
-    sees no change (its causes are NOOP, RESUME, DELETE) and writes nothing for it."""
+    """A diff base kept nowhere: the stored and the current essence are the same empty one, so kopf
+    sees no change (its causes are NOOP, RESUME, DELETE) and writes nothing for it. Empty, not the
+    object's own essence: kopf builds both on every event, and deep-copying each body twice was
+    6 % of the operator's CPU in a burst of creates (issue 11)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
 
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence:
         return self.build(body=body)

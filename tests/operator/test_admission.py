@@ -63,3 +63,27 @@ def test_the_worker_and_the_operator_agree_on_the_could_not_report_exit_code():
     from capstan.worker import base
 
     assert base.EXIT_REPORT_FAILED == EXIT_REPORT_FAILED
+
+
+def test_the_one_pass_place_agrees_with_the_sorted_queue():
+    """`Quota.place` and `has_free_place_for_someone` count in one pass; the reference sorts the
+    overlaid view, as the queue is defined (first come first served, the operator's marks applied)."""
+    import random
+
+    from capstan.operator.admission import Quota
+
+    rng = random.Random(11)
+    for _ in range(300):
+        quota = Quota(max_tasks=rng.randint(0, 6))
+        es = [QueueEntry(uid=f"u{i}", created=f"2026-01-01T00:00:{rng.randint(0, 5):02d}Z",
+                         name=f"t{rng.randint(0, 9)}", admitted=rng.random() < 0.3, terminal=rng.random() < 0.2)
+              for i in range(rng.randint(0, 12))]
+        quota.admitted = {e.uid for e in es if rng.random() < 0.2}
+        quota.ended = {e.uid for e in es if rng.random() < 0.1}
+        view = quota.view(list(es))  # the reference drops the shown marks first, as `place` does
+        free, waiting = quota.free(view), quota.waiting(view)
+        assert quota.has_free_place_for_someone(es) == (free > 0 and bool(waiting))
+        for e in es:
+            i = next((n for n, w in enumerate(waiting) if w.uid == e.uid), None)
+            expected = 0 if i is None or i < free else i - free + 1
+            assert quota.place(es, e) == expected, (e, es, quota)

@@ -20,7 +20,7 @@ from typing import Any
 
 from capstan.api import KINDS
 from capstan.api.common import CallbackStatus
-from capstan.operator.admission import Quota
+from capstan.operator.admission import QueueEntry, Quota
 from capstan.operator.callbacks import Dispatcher
 from capstan.operator.config import OperatorConfig
 
@@ -172,6 +172,9 @@ class KindState:
     retry_lock: threading.Lock = field(default_factory=threading.Lock)
     backlog: Backlog = field(default_factory=Backlog)  # new queued tasks' first writes
     admitting: set[str] = field(default_factory=set)  # uids whose admission pass is under way (quota_lock)
+    # What the quota needs of every task the watch shows, by uid: written by the queue index
+    # handler (kopf fills every index before it runs any handler), removed on the DELETED event.
+    queue: dict[str, QueueEntry] = field(default_factory=dict)
 
     def memory(self, namespace: str, name: str, uid: str) -> TaskMemory:
         """This task's memory; a new one when the name now belongs to another object."""
