@@ -16,7 +16,7 @@ from typing import Any
 import kopf
 
 from capstan.api import GROUP, KINDS, VERSION, KindInfo
-from capstan.operator import children, metrics
+from capstan.operator import children, kube, metrics
 from capstan.operator.admission import QueueEntry
 from capstan.operator.config import FINALIZER, LABEL_ATTEMPT, LABEL_KIND, PREFIX, OperatorConfig
 from capstan.operator.kopf_persistence import UnchangedDiffBase
@@ -44,9 +44,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.watching.client_timeout = 90
     settings.networking.request_timeout = 30
     settings.execution.max_workers = 64  # threads mostly wait for the API server (kube.CONNECTION_POOL_SIZE)
-    # The token SDK (livekit-api) is imported now, not by the first admission: that import held the
-    # import lock, and with it every handler thread, for half a second at the start of a burst.
+    # The token SDK (livekit-api) and the client's API modules are imported now, not by the first
+    # admission: those imports held the import lock, and with it every handler thread, for over a
+    # second at the start of a burst (issue 11).
     importlib.import_module("capstan.rooms.tokens")
+    kube.warm()
     memo.capstan = OperatorState.create(CONFIG, _post_event)
     metrics.track(memo.capstan)
     metrics.serve()
