@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,21 @@ def test_a_segment_file_without_media_is_neither_kept_nor_listed(tmp_path: Path,
     assert [round(s.start - T0) for s in segments] == [0, 2]
     assert [e.uri for e in _playlist(writer).entries] == [s.name for s in segments]
     assert sorted(p.name for p in writer.work_dir.glob("*.ts*")) == sorted(s.name for s in segments)
+
+
+def test_a_segment_of_a_few_pictures_is_probed_as_mpeg_ts(tmp_path: Path) -> None:
+    """A stop two pictures after a cut leaves a segment of a few TS packets, which FFmpeg's format
+    probe took for MPEG-PS ("End of file" in ffprobe and av.open): it is padded with null packets."""
+    writer = _video_writer(tmp_path, encoding=VideoEncoding(bitrate=600000, gop_seconds=2))
+    picture = np.zeros((720, 1280, 3), np.uint8)
+    picture[:] = (40, 200, 40)
+    for i in range(32):  # 2 s at 15 fps, and two pictures more
+        writer.write(av.VideoFrame.from_ndarray(picture, format="rgb24"), T0 + i / 15)
+    last = writer.close()[-1]
+    data = Path(last.local_path or "").read_bytes()
+    with av.open(io.BytesIO(data)) as container:  # probed, as a player opening one segment does
+        assert container.format.name == "mpegts"
+        assert len([f for f in container.decode(video=0)]) == 2
 
 
 def test_a_frame_rate_cap_drops_pictures_and_none_keeps_them(tmp_path: Path) -> None:

@@ -41,6 +41,11 @@ PLAYLIST_CONTENT_TYPE = "application/vnd.apple.mpegurl"
 TS_OPTIONS = {"max_delay": "500000", "mpegts_copyts": "1"}
 DISK_RETRY_SECONDS = 2.0
 EMPTY_TS_BYTES = 2 * 188  # PAT and PMT, no PES
+# A segment of a few packets (a stop just after a cut) is padded with null packets to this size:
+# FFmpeg's format probe (ffprobe, players opening one segment) scores MPEG-TS too low below about
+# twenty packets and took a 10-packet segment for MPEG-PS, failing with "End of file" (seen in CI).
+MIN_TS_BYTES = 22 * 188
+NULL_TS_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * 184  # PID 0x1FFF: every demuxer skips it
 log = logging.getLogger(__name__)
 
 
@@ -326,10 +331,14 @@ class HlsSink:
         if segment.end_ticks <= segment.start_ticks:  # no packet reached it (a stop right at a cut)
             part.unlink(missing_ok=True)
             return
-        if part.stat().st_size <= EMPTY_TS_BYTES:  # tables only: players and probes fail on it
+        size = part.stat().st_size
+        if size <= EMPTY_TS_BYTES:  # tables only: players and probes fail on it
             log.warning("%s: no media reached the file; segment dropped", segment.name)
             part.unlink()
             return
+        if size < MIN_TS_BYTES:
+            with part.open("ab") as f:
+                f.write(NULL_TS_PACKET * -(-(MIN_TS_BYTES - size) // 188))
         os.replace(part, segment.path)
         if self.disk_full:
             self._disk_writes_again()
