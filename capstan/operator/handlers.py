@@ -29,7 +29,10 @@ CALLBACK_RETRY_INTERVAL = 1.0  # how soon a due callback retry is noticed (backo
 
 
 def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> None:
-    kopf.event(body, type=type_, reason=reason, message=message)  # type: ignore[arg-type]  # a dict body is enough
+    try:
+        kopf.event(body, type=type_, reason=reason, message=message)  # type: ignore[arg-type]  # a dict body is enough
+    except RuntimeError as exc:  # the operator is stopping: kopf's loop closed under a reconcile thread
+        logging.getLogger(__name__).info("event %s not posted: %s", reason, exc)
 
 
 @kopf.on.startup()

@@ -18,6 +18,10 @@ from devstack import podrunner
 from tests.conftest import wait_for
 from tests.operator.test_operator_stack import ROOM, Tasks, recording
 
+# a delivery takes a second; the bound is for a loaded CI machine, whose apiserver was seen to stall
+# for 10 s (a client read timeout, then the retry) with the media tests running beside it
+DELIVERY = 60
+
 KEY = "callback-key-123"
 
 
@@ -97,7 +101,7 @@ def callbacks(tasks: Tasks, name: str) -> dict:
 def test_events_are_delivered_signed_and_in_order(operator, tasks, receiver):
     tasks.create(with_callback("cb-a", receiver))
     tasks.create(recording("cb-none"))  # no spec.callback: its events are done at once
-    wait_for(lambda: receiver.types() == [301], 30, what="301 delivered")
+    wait_for(lambda: receiver.types() == [301], DELIVERY, what="301 delivered")
     tasks.patch_spec("cb-a", {"stop": True})
     tasks.patch_spec("cb-none", {"stop": True})
     st = tasks.wait_phase("cb-a", "finished", timeout=40)
@@ -121,7 +125,7 @@ def test_events_are_delivered_signed_and_in_order(operator, tasks, receiver):
 def test_a_recovering_receiver_gets_everything_in_order(operator, tasks, receiver):
     receiver.fail_first = 3
     tasks.create(with_callback("cb-b", receiver))
-    wait_for(lambda: receiver.types() == [301], 30, what="301 delivered after 3 failures")
+    wait_for(lambda: receiver.types() == [301], DELIVERY, what="301 delivered after 3 failures")
     tasks.patch_spec("cb-b", {"stop": True})
     st = tasks.wait_phase("cb-b", "finished", timeout=40)
     assert receiver.types() == [301, 302] and receiver.tries == 5 and not receiver.bad
@@ -131,10 +135,10 @@ def test_a_recovering_receiver_gets_everything_in_order(operator, tasks, receive
 def test_pending_event_survives_an_operator_kill(operator, tasks, receiver):
     receiver.always_fail = True
     tasks.create(with_callback("cb-c", receiver))
-    wait_for(lambda: callbacks(tasks, "cb-c").get("attempts", 0) >= 2, 30, what="301 failing")
+    wait_for(lambda: callbacks(tasks, "cb-c").get("attempts", 0) >= 2, DELIVERY, what="301 failing")
     operator.restart(kill=True)
     receiver.always_fail = False
-    wait_for(lambda: callbacks(tasks, "cb-c").get("deliveredSeq") == 1, 30, what="301 delivered after restart")
+    wait_for(lambda: callbacks(tasks, "cb-c").get("deliveredSeq") == 1, DELIVERY, what="301 delivered after restart")
     assert receiver.types() == [301]
     tasks.patch_spec("cb-c", {"stop": True})
     st = tasks.wait_phase("cb-c", "finished", timeout=40)
@@ -159,8 +163,8 @@ def test_a_receiver_that_never_accepts_ends_in_callback_failed(operator_factory,
 
 def test_failover_is_announced_with_306(operator, tasks, receiver, namespace):
     tasks.create(with_callback("cb-e", receiver))
-    wait_for(lambda: receiver.types() == [301], 30, what="301 delivered")
-    wait_for(lambda: podrunner.container_pid(namespace, "cb-e-crec-a1"), 30, what="worker pid")
+    wait_for(lambda: receiver.types() == [301], DELIVERY, what="301 delivered")
+    wait_for(lambda: podrunner.container_pid(namespace, "cb-e-crec-a1"), DELIVERY, what="worker pid")
     podrunner.kill_container(namespace, "cb-e-crec-a1", sig=signal.SIGKILL)
     wait_for(lambda: receiver.types() == [301, 306, 301], 40, what="306 and 301 of attempt 2")
     tasks.patch_spec("cb-e", {"stop": True})
@@ -173,7 +177,7 @@ def test_missing_signing_key_is_a_clear_warning(operator, tasks, receiver):
     obj = with_callback("cb-f", receiver)
     obj["spec"]["callback"]["signingKeySecretRef"]["name"] = "no-such-secret"
     tasks.create(obj)
-    wait_for(lambda: any(r == "CallbackKeyMissing" for r, _ in tasks.events("cb-f")), 30, what="warning")
+    wait_for(lambda: any(r == "CallbackKeyMissing" for r, _ in tasks.events("cb-f")), DELIVERY, what="warning")
     message = next(m for r, m in tasks.events("cb-f") if r == "CallbackKeyMissing")
     assert "signingKeySecretRef" in message and "no-such-secret" in message
     assert receiver.tries == 0 and tasks.status("cb-f")["phase"] == "idle"
