@@ -10,6 +10,8 @@ the same machine in the same run, never absolute timings asserted in tests.
 - operator (:mod:`bench.operator`): the operator with N tasks created at once (BENCH_OPERATOR_TASKS,
   default 1,000; quota 100) on the local stack: latencies, requests per task, CPU, RSS; not a ratio
   (there is no plain-FFmpeg counterpart); ``bench/results/operator.json``.
+- operator_floor (:mod:`bench.operator_floor`): the same admissions' writes sent by a plain thread
+  pool, no operator: what the API server here needs for them; ``bench/results/operator_floor.json``.
 - push (:mod:`bench.push`): one StreamPush of a 720p30 H.264 file into LiveKit, pass-through and
   forced re-encode, beside ``ffmpeg -re`` copying and re-encoding; ``bench/results/push.json``.
 - panorama (:mod:`bench.panorama`): one 1280x720@30 web recording, browser included, beside FFmpeg's
@@ -25,11 +27,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench import merge, panorama, push, recorder
+from bench import merge, operator_floor, panorama, push, recorder
 from bench import operator as operator_bench
 from bench.common import FFMPEG, RESULTS_DIR
 
-BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run, "push": push.run,
+BENCHMARKS = {"merge": merge.run, "recorder": recorder.run, "operator": operator_bench.run,
+              "operator_floor": operator_floor.run, "push": push.run,
               "panorama": panorama.run}
 
 

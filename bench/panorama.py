@@ -141,6 +141,7 @@ class _Worker:
                                  attempt=1, pod_name="bench", work_dir=work)
         self.stop_event = threading.Event()
         self.stop_reason = ""
+        self.stop_requested_at: float | None = None
         self.started = threading.Event()
 
     def on_spec_change(self, listener: Any) -> None:
@@ -196,6 +197,7 @@ def side_capstan(work: Path, seconds: float) -> None:
     def stop_later() -> None:
         worker.started.wait(60)
         time.sleep(seconds)
+        worker.stop_requested_at = time.time()
         worker.stop_event.set()
 
     timer = threading.Thread(target=stop_later, daemon=True)

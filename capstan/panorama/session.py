@@ -141,7 +141,7 @@ class WebRecordingSession:
             self._check_record_url()
             self._open(encryption)
             ending = self._record()
-            self.clock.end(time.time())
+            self.clock.end(self.cancel_seen or time.time())
         except Refused as exc:
             self._teardown()
             return self._refused(exc.code, str(exc))
@@ -209,6 +209,10 @@ class WebRecordingSession:
     def _on_frame(self, frame: Any, captured: float) -> None:
         """From the capture threads: placed on the recording's clock and queued for the encoding
         thread, so a slow encode never holds up the next grab (frames keep their grab times)."""
+        if (stop_at := self.worker.stop_requested_at) is not None:
+            # the recording ends where the stop was asked for, not where the loop (a 0.25 s browser
+            # wait, longer on a loaded machine) got round to it; frames grabbed later are left out
+            self.clock.end(stop_at)
         placed = self.clock.place(captured)
         if placed is None:
             return
@@ -251,7 +255,7 @@ class WebRecordingSession:
             browser.wait(0.25)
             now_wall = time.time()
             if self.worker.stop_event.is_set():
-                self.cancel_seen = now_wall
+                self.cancel_seen = self.worker.stop_requested_at or now_wall
                 return Ending(self.worker.stop_reason or "stopped")
             self._apply_changes(now_wall)
             if self.started_wall is None:

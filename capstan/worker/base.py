@@ -117,6 +117,7 @@ class Worker:
         self.resource = resource
         self.stop_event = threading.Event()
         self.stop_reason = ""
+        self.stop_requested_at: float | None = None  # wall clock: a recording ends there, not when a loop saw it
         self.spec: dict[str, Any] = {}
         self.generation = 0
         self._spec_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -138,6 +139,7 @@ class Worker:
         if not self.stop_event.is_set():
             log.info("stopping: %s", reason)
             self.stop_reason = reason
+            self.stop_requested_at = time.time()
             self.stop_event.set()
 
     def _on_sigterm(self) -> None:

@@ -18,9 +18,16 @@ from devstack import podrunner
 from tests.conftest import wait_for
 from tests.operator.test_operator_stack import ROOM, Tasks, recording
 
-# a delivery takes a second; the bound is for a loaded CI machine, whose apiserver was seen to stall
-# for 10 s (a client read timeout, then the retry) with the media tests running beside it
-DELIVERY = 60
+# A worker's first event waits for the worker: its interpreter took 43 s to start on a loaded CI machine
+# (two media tests beside it), so the tests wait for the worker first, then for the delivery. A delivery
+# takes a second; its bound is for an API server seen to stall 10 s under that load.
+WORKER_START = 120
+DELIVERY = 45
+
+
+def worker_started(tasks: Tasks, name: str) -> None:
+    """The base-mode worker emitted 301 and reported `idle`: what follows is the operator's delivery."""
+    tasks.wait_phase(name, "idle", timeout=WORKER_START)
 
 KEY = "callback-key-123"
 
@@ -101,6 +108,7 @@ def callbacks(tasks: Tasks, name: str) -> dict:
 def test_events_are_delivered_signed_and_in_order(operator, tasks, receiver):
     tasks.create(with_callback("cb-a", receiver))
     tasks.create(recording("cb-none"))  # no spec.callback: its events are done at once
+    worker_started(tasks, "cb-a")
     wait_for(lambda: receiver.types() == [301], DELIVERY, what="301 delivered")
     tasks.patch_spec("cb-a", {"stop": True})
     tasks.patch_spec("cb-none", {"stop": True})
@@ -125,6 +133,7 @@ def test_events_are_delivered_signed_and_in_order(operator, tasks, receiver):
 def test_a_recovering_receiver_gets_everything_in_order(operator, tasks, receiver):
     receiver.fail_first = 3
     tasks.create(with_callback("cb-b", receiver))
+    worker_started(tasks, "cb-b")
     wait_for(lambda: receiver.types() == [301], DELIVERY, what="301 delivered after 3 failures")
     tasks.patch_spec("cb-b", {"stop": True})
     st = tasks.wait_phase("cb-b", "finished", timeout=40)
@@ -135,6 +144,7 @@ def test_a_recovering_receiver_gets_everything_in_order(operator, tasks, receive
 def test_pending_event_survives_an_operator_kill(operator, tasks, receiver):
     receiver.always_fail = True
     tasks.create(with_callback("cb-c", receiver))
+    worker_started(tasks, "cb-c")
     wait_for(lambda: callbacks(tasks, "cb-c").get("attempts", 0) >= 2, DELIVERY, what="301 failing")
     operator.restart(kill=True)
     receiver.always_fail = False
@@ -163,6 +173,7 @@ def test_a_receiver_that_never_accepts_ends_in_callback_failed(operator_factory,
 
 def test_failover_is_announced_with_306(operator, tasks, receiver, namespace):
     tasks.create(with_callback("cb-e", receiver))
+    worker_started(tasks, "cb-e")
     wait_for(lambda: receiver.types() == [301], DELIVERY, what="301 delivered")
     wait_for(lambda: podrunner.container_pid(namespace, "cb-e-crec-a1"), DELIVERY, what="worker pid")
     podrunner.kill_container(namespace, "cb-e-crec-a1", sig=signal.SIGKILL)

@@ -49,6 +49,7 @@ class FakeWorker:
         self.spec = spec
         self.stop_event = threading.Event()
         self.stop_reason = ""
+        self.stop_requested_at: float | None = None
         self.reports: list[dict[str, Any]] = []
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
         self.annotation_listeners: list[Callable[[dict[str, str]], None]] = []
@@ -72,6 +73,7 @@ class FakeWorker:
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
+        self.stop_requested_at = time.time()
         self.stop_event.set()
 
     def report(self, **status: Any) -> None:
