@@ -109,17 +109,14 @@ def test_pause_and_resume_make_one_file_without_the_paused_time(tmp_path: Path, 
     run = record(tmp_path, spec_for(page.url), script)
     m = read_media(_single_file(run))
     paused = marks["resume"] - marks["pause"]
+    # the file lacks the time the worker was paused (it applies a pause and a resume when the watch
+    # brings them, later than the script's marks on a loaded machine: its own paused time is used, and
+    # checked against the marks below); the stop cuts where it was asked for
+    worker_paused = run.worker.latest("pausedSeconds")
+    assert abs(m.duration - (marks["stop"] - marks["start"] - worker_paused)) < TOLERANCE, (m.duration, marks)
     counters = [c for _, c, _ in m.frames]
     steps = [b - a for a, b in zip(counters, counters[1:], strict=False)]
     jump = max(steps)
-    # the file lasts as long as the page time it shows, less the pause (the page's clock is in every picture)
-    shown = (counters[-1] - counters[0] - jump + 1) / PAGE_FPS
-    assert abs(m.duration - shown) < TOLERANCE, (m.duration, shown)
-    # and against the script's marks: the worker applies a pause, a resume and the stop when the watch
-    # brings them, each later than the mark on a loaded machine (0.56 s in all seen in CI), so the bound
-    # is wider here; the 3 s pause left in would still fail it
-    worker_paused = run.worker.latest("pausedSeconds")
-    assert abs(m.duration - (marks["stop"] - marks["start"] - worker_paused)) < 2 * TOLERANCE, (m.duration, marks)
     assert abs(jump - paused * PAGE_FPS) < TOLERANCE * PAGE_FPS, (jump, paused)
     assert sorted(steps)[-2] < PAGE_FPS / 2  # one jump only
     times = [t for t, _, _ in m.frames]

@@ -393,6 +393,10 @@ def test_five_anchors_coming_and_going_with_a_screen_share(recorder_operator, ta
         # machine dropped in between do not move the end)
         return parsed.start_rec_time_ms / 1000, start.timestamp() + last.duration
 
+    # Where a file ends is placed by the frames' arrival: five anchors, a share and the recorder on two
+    # cores beside another media test placed ends 0.53-0.82 s off in CI runs (0.1-0.3 s on a quiet
+    # machine); a file running on past a leave would be off by seconds (2 s segments, the stop later).
+    EDGE_SLACK = 1.0
     for user in ("alice", "bob", "carol", "dave", "erin"):
         for track in ("audio", "video"):
             begin, end = covered(user, "main", track)
@@ -403,13 +407,13 @@ def test_five_anchors_coming_and_going_with_a_screen_share(recorder_operator, ta
             seen_from = published_from if published_from > st_begin(st) + 1 else st_begin(st) + 1
             assert published_from - 0.5 <= begin <= seen_from + 2.5, (user, track, begin, seen_from)
             if user in room.stopped:  # left while recording: the file ends at the leave
-                assert abs(end - published_until) < 0.5, (user, track, end, published_until)
+                assert abs(end - published_until) < EDGE_SLACK, (user, track, end, published_until)
             else:  # still there at the stop: recorded until the recorder saw the stop (stopTime has whole
                 # seconds: +1, and the same 0.5 s placement slack as a leave)
                 assert stop_requested - 0.5 <= end <= st_time(st, "stopTime") + 1.5, (user, track, end)
     begin, end = covered("alice", "aux", "video")
     assert share_started - 0.5 <= begin <= share_started + 2.5
-    assert abs(end - share_stopped) < 0.5, (end, share_stopped)
+    assert abs(end - share_stopped) < EDGE_SLACK, (end, share_stopped)
     aux_mp = stored[naming.single_playlist_name(SDKAPPID, room.name, "alice", "aux", "video")].decode()
     first_aux = playlist.parse(aux_mp).entries[0].uri
     pictures, _ = decode(stored[first_aux], "video")
