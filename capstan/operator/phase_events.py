@@ -84,8 +84,10 @@ def _mirror_outbox(info: KindInfo, body: kopf.Body, status: kopf.Status, memo: k
 def register(info: KindInfo) -> None:
     plural = info.plural
 
+    # Async: it only reads the body and queues Events, so it runs on kopf's loop; as a sync handler
+    # every watch event of every task cost a handler thread's hop for it (issue 11).
     @kopf.on.event(GROUP, VERSION, plural, id=f"{plural}-phase-events")
-    def phase_changed(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, type: str | None,
+    async def phase_changed(body: kopf.Body, status: kopf.Status, memo: kopf.Memo, type: str | None,
                       **_: Any) -> None:
         if type != "DELETED":
             _mirror_outbox(info, body, status, memo)

@@ -21,6 +21,11 @@ pytestmark = [media, pytest.mark.timeout(180)]
 KEY_HEX = "21834cca41778803e1afba3f41e70c90"
 AUTH_URL = "https://keys.capstan.test/enc.key"
 TOLERANCE = 0.5
+# A file's length against the script's marks: on two cores with another media test beside it, files
+# came out up to 0.66 s longer than the marks (the stop now cuts where it was asked; what is left is
+# the start mark, taken when the script's thread sees the report, and the audio's end); a 3 s pause
+# left in, or a stop not honoured, is still seconds off
+DURATION_SLACK = 1.0
 PAGE_FPS = 30  # the page's counter steps 30 times a second
 
 
@@ -43,7 +48,7 @@ def test_an_mp4_of_the_page_has_its_size_duration_changing_frames_and_tone(tmp_p
     run = record(tmp_path, spec_for(page.url, width=640, height=360), _stop_after(6, marks))
     m = read_media(_single_file(run))
     assert (m.width, m.height) == (640, 360)
-    assert abs(m.duration - (marks["stop"] - marks["start"])) < TOLERANCE, (m.duration, marks)
+    assert abs(m.duration - (marks["stop"] - marks["start"])) < DURATION_SLACK, (m.duration, marks)
     counters = [c for _, c, _ in m.frames]
     assert counters == sorted(counters) and counters[-1] - counters[0] > 4 * PAGE_FPS, counters[::15]
     colours = {k for _, _, k in m.frames if k is not None}
@@ -75,7 +80,7 @@ def test_with_manual_start_nothing_before_window_start_record_is_recorded(tmp_pa
     # the page calls startRecord() 3 s after it loaded: its counter is at 90 by then; the call reaches
     # the worker through Playwright (0.1-0.6 s on two loaded cores), and recording starts then
     assert 3 * PAGE_FPS - 3 <= first <= 3 * PAGE_FPS + 1.0 * PAGE_FPS, first
-    assert abs(m.duration - (marks["stop"] - marks["start"])) < TOLERANCE
+    assert abs(m.duration - (marks["stop"] - marks["start"])) < DURATION_SLACK, (m.duration, marks)
     idle = [r for r in run.worker.reports if r.get("phase") == "idle"]
     assert idle and "window.startRecord()" in idle[0]["message"]
 
@@ -113,7 +118,7 @@ def test_pause_and_resume_make_one_file_without_the_paused_time(tmp_path: Path, 
     # brings them, later than the script's marks on a loaded machine: its own paused time is used, and
     # checked against the marks below); the stop cuts where it was asked for
     worker_paused = run.worker.latest("pausedSeconds")
-    assert abs(m.duration - (marks["stop"] - marks["start"] - worker_paused)) < TOLERANCE, (m.duration, marks)
+    assert abs(m.duration - (marks["stop"] - marks["start"] - worker_paused)) < DURATION_SLACK, (m.duration, marks)
     counters = [c for _, c, _ in m.frames]
     steps = [b - a for a, b in zip(counters, counters[1:], strict=False)]
     jump = max(steps)
@@ -147,7 +152,7 @@ def test_a_refresh_reloads_the_page_into_the_same_recording(tmp_path: Path, page
     # the counter starts again with the reloaded page, in the same file
     drops = [i for i, (a, b) in enumerate(zip(counters, counters[1:], strict=False)) if b < a - PAGE_FPS]
     assert len(drops) == 1, counters[::5]
-    assert abs(m.duration - (marks["stop"] - marks["start"])) < TOLERANCE
+    assert abs(m.duration - (marks["stop"] - marks["start"])) < DURATION_SLACK, (m.duration, marks)
     assert page.requests.count("/") == 2  # loaded twice
 
 
@@ -214,7 +219,7 @@ def test_a_page_fetching_the_metadata_address_records_on_while_the_fetch_is_refu
     probe = "http://169.254.169.254/latest/meta-data/"
     run = record(tmp_path, spec_for(f"{page.url}?probe={probe}"), _stop_after(4, marks))
     m = read_media(_single_file(run))
-    assert abs(m.duration - (marks["stop"] - marks["start"])) < TOLERANCE
+    assert abs(m.duration - (marks["stop"] - marks["start"])) < DURATION_SLACK, (m.duration, marks)
     refused = [r for r in run.session.guard.recent if "169.254.169.254" in r.target]
     assert refused and "link-local" in refused[-1].reason
     assert run.worker.latest("refusedRequests") >= 4

@@ -103,7 +103,9 @@ def test_a_camera_switching_resolution_mid_stream_is_recorded_unsqueezed(recorde
     for data, what in ((stored[last], "last segment"), (mp4, "mp4")):
         assert video_size(data) == (1280, 720), what
         pictures, _ = decode(data, "video")
-        picture = pictures[-2]
+        # the pixel-wise median of the last second: one picture the room's loss left damaged (a loaded
+        # CI machine dropped RTP packets once: grey blocks until the next keyframe) does not decide it
+        picture = np.median(np.stack(pictures[-15:]), axis=0)
         assert picture.shape == (720, 1280, 3), what
         for y, x in ((360, 640), (4, 4), (715, 1275)):  # edge to edge: scaled up, not boxed or squeezed
             assert np.abs(picture[y, x] - np.array(green)).max() < 40, (what, y, x, picture[y, x])
