@@ -45,6 +45,16 @@ def summary(values: list[float]) -> dict[str, Any]:
             "max": round(max(values), 3) if values else None}
 
 
+def task_body(name: str) -> dict[str, Any]:
+    """One CloudRecording of the load (the namespace's Secrets are made by the benchmark)."""
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudRecording", "metadata": {"name": name},
+            "spec": {"room": {"url": "ws://127.0.0.1:7880", "sdkAppId": 1400000000, "roomId": 1234,
+                              "credentialsSecretRef": {"name": "livekit-credentials"}},
+                     "recorderUserId": f"robot-{name}",
+                     "storage": {"endpoint": "127.0.0.1:9000", "bucket": "recordings", "secure": False,
+                                 "credentialsSecretRef": {"name": "storage-credentials"}}}}
+
+
 def proc_cpu(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
@@ -280,14 +290,8 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100, ste
         names = [f"t{i:04d}" for i in range(n)]
 
         def create(name: str) -> None:
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudRecording", "metadata": {"name": name},
-                    "spec": {"room": {"url": "ws://127.0.0.1:7880", "sdkAppId": 1400000000, "roomId": 1234,
-                                      "credentialsSecretRef": {"name": "livekit-credentials"}},
-                             "recorderUserId": f"robot-{name}",
-                             "storage": {"endpoint": "127.0.0.1:9000", "bucket": "recordings", "secure": False,
-                                         "credentialsSecretRef": {"name": "storage-credentials"}}}}
             timeline.first(timeline.created, name, time.monotonic())
-            api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _request_timeout=60)
+            api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, task_body(name), _request_timeout=60)
 
         by_role = CpuByRole(op.pid, runner.pid)
         profile = _profile(op.pid, work)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import cpu_model, now_utc
-from bench.operator import GROUP, PLURAL, VERSION, CpuByRole, summary
+from bench.operator import GROUP, PLURAL, VERSION, CpuByRole, summary, task_body
 
 ADMISSION_THREADS = 64  # as many as the operator's handler threads (settings.execution.max_workers)
 
@@ -112,15 +112,9 @@ def run(repeats: int, out: Path, tasks: int | None = None, quota: int = 100) -> 
         pending: list[concurrent.futures.Future] = []
 
         def create(name: str) -> None:
-            body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "CloudRecording", "metadata": {"name": name},
-                    "spec": {"room": {"url": "ws://127.0.0.1:7880", "sdkAppId": 1400000000, "roomId": 1234,
-                                      "credentialsSecretRef": {"name": "livekit-credentials"}},
-                             "recorderUserId": f"robot-{name}",
-                             "storage": {"endpoint": "127.0.0.1:9000", "bucket": "recordings", "secure": False,
-                                         "credentialsSecretRef": {"name": "storage-credentials"}}}}
             with lock:
                 created[name] = time.monotonic()
-            made = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, body, _request_timeout=60)
+            made = api.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, task_body(name), _request_timeout=60)
             if int(name[1:]) < quota:
                 future = admissions.submit(_admit, kube, api, core, info, config, made)
                 future.add_done_callback(lambda f, name=name: pod_at.__setitem__(name, f.result()))
