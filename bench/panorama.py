@@ -144,6 +144,10 @@ class _Worker:
         self.stop_requested_at: float | None = None
         self.started = threading.Event()
 
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason, self.stop_requested_at = reason, time.time()
+        self.stop_event.set()
+
     def on_spec_change(self, listener: Any) -> None:
         pass
 
@@ -197,8 +201,7 @@ def side_capstan(work: Path, seconds: float) -> None:
     def stop_later() -> None:
         worker.started.wait(60)
         time.sleep(seconds)
-        worker.stop_requested_at = time.time()
-        worker.stop_event.set()
+        worker.request_stop("the benchmark's time is up")
 
     timer = threading.Thread(target=stop_later, daemon=True)
     timer.start()

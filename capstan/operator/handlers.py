@@ -25,6 +25,7 @@ from capstan.operator.reconcile import admit, finish, retry, task, worker
 from capstan.operator.reconcile.state import KindState, OperatorState
 
 CONFIG = OperatorConfig.from_env()
+log = logging.getLogger(__name__)
 CALLBACK_RETRY_INTERVAL = 1.0  # how soon a due callback retry is noticed (backoff starts at 1 s)
 
 
@@ -32,7 +33,7 @@ def _post_event(body: dict[str, Any], type_: str, reason: str, message: str) -> 
     try:
         kopf.event(body, type=type_, reason=reason, message=message)  # type: ignore[arg-type]  # a dict body is enough
     except RuntimeError as exc:  # the operator is stopping: kopf's loop closed under a reconcile thread
-        logging.getLogger(__name__).info("event %s not posted: %s", reason, exc)
+        log.info("event %s not posted: %s", reason, exc)
 
 
 @kopf.on.startup()
