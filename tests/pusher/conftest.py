@@ -69,6 +69,22 @@ class Seen:
         return out
 
 
+SYNC_SECONDS = 0.1  # the pusher's sound and pictures at the first flash
+RECEIVER_DRIFT_SECONDS = 0.25  # what the subscriber's own audio jitter buffer may add later on, under load
+
+
+def assert_in_sync(offsets: list[float]) -> None:
+    """The flashes' beeps on time. The subscriber times the sound by the samples its audio jitter
+    buffer (NetEq) plays out at its own pace and the pictures by their capture times, and nothing
+    here lip-syncs the two as a player does; on a starved machine the jitter buffer grows (0.01 ->
+    0.20 s over a 6 s push once in CI). So the first flash, before it adapts, holds the pusher to
+    100 ms, and every later one to 250 ms: an offset in the pusher shows from the first flash on,
+    and a drift of the pusher's own beyond 250 ms still fails."""
+    assert offsets, "no flash with its beep seen"
+    assert abs(offsets[0]) < SYNC_SECONDS, offsets
+    assert max(abs(o) for o in offsets) < RECEIVER_DRIFT_SECONDS, offsets
+
+
 async def watch(server: Any, room: str, identity: str, seconds: float, *, until: Any = None,
                 seen: Seen | None = None) -> Seen:
     """Join `room` hidden and record every track `identity` publishes (a resumed pusher's new
