@@ -95,7 +95,7 @@ def frame_number(rgb_or_gray: np.ndarray) -> int:
         left = 40 + bit * (BLOCK + 16)
         block = gray[int((BITS_TOP + 20) * sy):int((BITS_TOP + BLOCK - 20) * sy),
                      int((left + 20) * sx):int((left + BLOCK - 20) * sx)]
-        if block.mean() > 128:
+        if block.size and block.mean() > 128:  # a picture too small to carry the blocks reads as 0
             n |= 1 << bit
     return n
 
