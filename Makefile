@@ -39,13 +39,12 @@ unit: venv
 
 # The whole suite against the real local stack (built on first run, reused after). Most stack tests
 # wait on real time (rooms, failovers, timeouts), so they run in 2 parallel sessions: each has its own
-# namespaces, buckets and pod runner (TEST_WORKERS=1 for a serial run). The real-time media tests
-# (tests/conftest.py REAL_TIME_MEDIA) take their turns on one of them (--dist loadgroup).
+# namespaces, buckets and pod runner (TEST_WORKERS=1 for a serial run).
 TEST_WORKERS ?= 2
 test: stack-up
 	@$(PY) -m ruff check capstan devstack tests bench
 	@$(PY) -m mypy
-	@$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	@$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 # ROOM=janus records a Janus VideoRoom instead of a LiveKit room.
 ROOM ?= livekit

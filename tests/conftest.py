@@ -12,22 +12,6 @@ import pytest
 
 from devstack.harness import OperatorProcess, install_crds, wait_for
 
-# Tests that judge real-time media from several 720p publishers and subscribers at once (a picture
-# broken by a lost packet, frames dropped by a starved encoder, an audio jitter buffer grown by a
-# late sender). Two of them at once on the 2-core machine failed two of the last three clean-clone
-# CI runs (and three tests of 59 when run alone together); `make test` runs with `--dist loadgroup`,
-# so these take their turns on one xdist worker while the other worker runs the rest of the suite.
-REAL_TIME_MEDIA = frozenset({
-    "tests/pusher/test_streampush.py", "tests/pusher/test_push_session.py",
-    "tests/recorder/test_recording.py", "tests/recorder/test_recording_outputs.py",
-})
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.split("::", 1)[0] in REAL_TIME_MEDIA:
-            item.add_marker(pytest.mark.xdist_group("real-time-media"))
-
 pytest_plugins = ["devstack.pytest_plugin"]
 __all__ = ["wait_for"]
 
